@@ -1,0 +1,250 @@
+//! OpenPGP helpers (sequoia-openpgp): the node's key, whole-message encryption as
+//! PGP/MIME (RFC 3156) and its reversal.
+
+use crate::types::Fingerprint;
+use sequoia_openpgp as openpgp;
+use openpgp::cert::prelude::*;
+use openpgp::crypto::SessionKey;
+use openpgp::packet::{PKESK, SKESK};
+use openpgp::parse::stream::{DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper};
+use openpgp::parse::Parse;
+use openpgp::policy::StandardPolicy;
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message};
+use openpgp::serialize::{Serialize as _, SerializeInto as _};
+use openpgp::types::{KeyFlags, SymmetricAlgorithm};
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    #[error("OpenPGP: {0}")]
+    OpenPgp(#[from] openpgp::anyhow::Error),
+    #[error("the certificate has no usable encryption key")]
+    NoEncryptionKey,
+    #[error("the message holds no OpenPGP armoured block")]
+    NotEncrypted,
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Generates the node's key: an Ed25519 primary for certification and signing,
+/// an Ed25519 signing subkey and a Cv25519 encryption subkey, as a v4 key that
+/// GnuPG 2.2 reads. No expiry: the node is the only holder and rotates it itself.
+pub fn generate_cert(userids: &[String]) -> Result<Cert, PgpError> {
+    let mut builder = CertBuilder::new()
+        .set_cipher_suite(CipherSuite::Cv25519)
+        .set_primary_key_flags(KeyFlags::empty().set_certification())
+        .add_signing_subkey()
+        .add_subkey(KeyFlags::empty().set_transport_encryption().set_storage_encryption(), None, None);
+    for u in userids {
+        builder = builder.add_userid(u.as_str());
+    }
+    let (cert, _revocation) = builder.generate()?;
+    Ok(cert)
+}
+
+pub fn fingerprint(cert: &Cert) -> Fingerprint {
+    Fingerprint(cert.fingerprint().to_hex())
+}
+
+/// The public certificate, binary (what the node registers with the relay).
+pub fn public_bytes(cert: &Cert) -> Result<Vec<u8>, PgpError> {
+    Ok(cert.to_vec()?)
+}
+
+/// The full key with secrets, ASCII-armoured, for the node's key file.
+pub fn secret_armored(cert: &Cert) -> Result<Vec<u8>, PgpError> {
+    Ok(cert.as_tsk().armored().to_vec()?)
+}
+
+pub fn parse_cert(bytes: &[u8]) -> Result<Cert, PgpError> {
+    Ok(Cert::from_bytes(bytes)?)
+}
+
+/// Checks that a certificate can receive encrypted mail under the standard policy.
+pub fn can_encrypt_to(cert: &Cert) -> bool {
+    let p = StandardPolicy::new();
+    cert.keys().with_policy(&p, None).supported().alive().revoked(false).for_transport_encryption().next().is_some()
+}
+
+/// Encrypts `data` to `cert`, ASCII-armoured with CRLF line ends.
+pub fn encrypt_armored(cert: &Cert, data: &[u8]) -> Result<Vec<u8>, PgpError> {
+    let p = StandardPolicy::new();
+    let recipients: Vec<_> = cert.keys().with_policy(&p, None).supported().alive().revoked(false).for_transport_encryption().collect();
+    if recipients.is_empty() {
+        return Err(PgpError::NoEncryptionKey);
+    }
+    let mut sink = Vec::with_capacity(data.len() * 4 / 3 + 1024);
+    {
+        let message = Message::new(&mut sink);
+        let message = Armorer::new(message).build()?;
+        let message = Encryptor::for_recipients(message, recipients).build()?;
+        let mut message = LiteralWriter::new(message).build()?;
+        message.write_all(data)?;
+        message.finalize()?;
+    }
+    Ok(to_crlf(&sink))
+}
+
+fn to_crlf(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 60 + 2);
+    let mut prev = 0u8;
+    for &b in text {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// Wraps a whole message — headers and body — into a PGP/MIME message (RFC 3156
+/// section 4) encrypted to `cert`. The outer header carries nothing of the
+/// original: no From, To, Subject or Date; only the envelope, kept apart, is clear.
+pub fn encrypt_whole_message(cert: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> {
+    let armored = encrypt_armored(cert, message)?;
+    let boundary = format!("omb-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+    let mut out = Vec::with_capacity(armored.len() + 512);
+    write!(
+        out,
+        "MIME-Version: 1.0\r\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n\
+         --{boundary}\r\n\
+         Content-Type: application/pgp-encrypted\r\n\
+         Content-Description: PGP/MIME version identification\r\n\
+         \r\n\
+         Version: 1\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\
+         Content-Description: OpenPGP encrypted message\r\n\
+         Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\
+         \r\n"
+    )?;
+    out.extend_from_slice(&armored);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    write!(out, "\r\n--{boundary}--\r\n")?;
+    Ok(out)
+}
+
+/// Finds the first armoured OpenPGP message in `message` and decrypts it with the
+/// secret keys of `key`. For a PGP/MIME message made by
+/// [`encrypt_whole_message`] this gives back the original message, byte for byte.
+pub fn decrypt_message(key: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> {
+    const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
+    const END: &[u8] = b"-----END PGP MESSAGE-----";
+    let start = find(message, BEGIN).ok_or(PgpError::NotEncrypted)?;
+    let end = find(&message[start..], END).map(|e| start + e + END.len()).ok_or(PgpError::NotEncrypted)?;
+    decrypt_bytes(key, &message[start..end])
+}
+
+/// Decrypts one OpenPGP message (armoured or binary).
+pub fn decrypt_bytes(key: &Cert, ciphertext: &[u8]) -> Result<Vec<u8>, PgpError> {
+    let p = StandardPolicy::new();
+    let helper = Helper { key, policy: &p };
+    let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)?.with_policy(&p, None, helper)?;
+    let mut out = Vec::new();
+    std::io::copy(&mut decryptor, &mut out)?;
+    Ok(out)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+struct Helper<'a> {
+    key: &'a Cert,
+    policy: &'a StandardPolicy<'a>,
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn get_certs(&mut self, _ids: &[openpgp::KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(Vec::new())
+    }
+    fn check(&mut self, _structure: MessageStructure) -> openpgp::Result<()> {
+        Ok(())
+    }
+}
+
+impl DecryptionHelper for Helper<'_> {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        _skesks: &[SKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        for ka in self.key.keys().unencrypted_secret().with_policy(self.policy, None).for_transport_encryption().for_storage_encryption() {
+            let mut pair = ka.key().clone().into_keypair()?;
+            for pkesk in pkesks {
+                if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
+                    if decrypt(algo, &sk) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(openpgp::anyhow::anyhow!("no secret key of this node decrypts the message"))
+    }
+}
+
+/// Writes a file readable by its owner only (0600), durably: a temporary file,
+/// fsync, then rename over the target.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Serialises a certificate, armoured, public parts only.
+pub fn public_armored(cert: &Cert) -> Result<Vec<u8>, PgpError> {
+    let mut out = Vec::new();
+    {
+        let mut w = openpgp::armor::Writer::new(&mut out, openpgp::armor::Kind::PublicKey)?;
+        cert.serialize(&mut w)?;
+        w.finalize()?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_message_round_trip() {
+        let cert = generate_cert(&["alice@sandbox.test".to_string()]).unwrap();
+        assert!(can_encrypt_to(&cert));
+        let msg = b"From: a@b.test\r\nSubject: secret subject\r\n\r\nbody token-XYZ\r\n.\r\n";
+        let public = parse_cert(&public_bytes(&cert).unwrap()).unwrap();
+        let wrapped = encrypt_whole_message(&public, msg).unwrap();
+        let hay = String::from_utf8_lossy(&wrapped);
+        assert!(!hay.contains("secret subject"));
+        assert!(!hay.contains("token-XYZ"));
+        assert!(hay.contains("multipart/encrypted"));
+        assert_eq!(decrypt_message(&cert, &wrapped).unwrap(), msg);
+        // The public certificate alone can't decrypt.
+        assert!(decrypt_message(&public, &wrapped).is_err());
+        // A secret key round-trips through its armoured file form.
+        let again = parse_cert(&secret_armored(&cert).unwrap()).unwrap();
+        assert_eq!(decrypt_message(&again, &wrapped).unwrap(), msg);
+    }
+}

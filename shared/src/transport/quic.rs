@@ -1,0 +1,251 @@
+//! The tunnel over QUIC (quinn). The relay presents a self-signed certificate that
+//! the node pins by its SHA-256; the node authenticates inside the protocol by
+//! signing a challenge bound to the TLS exporter of this connection.
+//!
+//! Transport settings follow what home connections need: keep-alives well under
+//! the 30 s UDP timeout of common NATs, an idle timeout that notices a dead path,
+//! and connection migration on the relay so a NAT rebinding or a new home address
+//! keeps the same connection.
+
+use super::{ConnectionHandle, Connector, TransportError, TunnelStream};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// ALPN of the tunnel protocol.
+pub const ALPN: &[u8] = b"omb-tunnel/1";
+const EXPORTER_LABEL: &[u8] = b"EXPORTER-omb-tunnel-binding";
+/// The TLS name the node asks for; the pin, not the name, authenticates the relay.
+const SERVER_NAME: &str = "omb-relay";
+
+/// How often the node sends a keep-alive: under the 30 s UDP mapping timeout of
+/// many NATs.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// A connection with no packets for this long is dead (both ends).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The relay's tunnel certificate and key (DER), created on first start.
+pub struct RelayTlsIdentity {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl RelayTlsIdentity {
+    /// Loads `tunnel-cert.der`/`tunnel-key.der` from `dir`, creating them if absent.
+    pub fn load_or_create(dir: &Path) -> Result<Self, TransportError> {
+        let cert_path = dir.join("tunnel-cert.der");
+        let key_path = dir.join("tunnel-key.der");
+        if let (Ok(cert), Ok(key)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
+            return Ok(RelayTlsIdentity { cert, key });
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let id = RelayTlsIdentity { cert: cert.der().to_vec(), key: key.serialize_der() };
+        crate::pgp::write_private_file(&key_path, &id.key)?;
+        std::fs::write(&cert_path, &id.cert)?;
+        Ok(id)
+    }
+
+    /// The pin a node configures: SHA-256 of the certificate, hex.
+    pub fn pin(&self) -> String {
+        hex::encode(Sha256::digest(&self.cert))
+    }
+}
+
+fn transport_config(client: bool) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Many idle peers on one relay: small windows and few streams (DESIGN.md).
+    t.max_concurrent_bidi_streams(4u8.into());
+    t.max_concurrent_uni_streams(0u8.into());
+    t.stream_receive_window((8u32 * 1024 * 1024).into());
+    t.receive_window((16u32 * 1024 * 1024).into());
+    t.datagram_receive_buffer_size(None);
+    if let Ok(idle) = IDLE_TIMEOUT.try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    if client {
+        t.keep_alive_interval(Some(KEEP_ALIVE));
+    }
+    t
+}
+
+/// The relay's QUIC endpoint.
+pub struct QuicListener {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicListener {
+    pub fn bind(addr: SocketAddr, id: &RelayTlsIdentity) -> Result<Self, TransportError> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.clone()));
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(id.cert.clone())], key)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(false)));
+        config.migration(true);
+        let endpoint = quinn::Endpoint::server(config, addr)?;
+        Ok(QuicListener { endpoint })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The next incoming connection attempt; `None` when the endpoint is closed.
+    /// Finish it with [`accept_stream`] in its own task, so a slow handshake never
+    /// holds up the others.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+}
+
+/// Completes the handshake of an incoming connection and takes the node's stream.
+pub async fn accept_stream(incoming: quinn::Incoming) -> Result<TunnelStream, TransportError> {
+    let peer = incoming.remote_address();
+    let conn = incoming.await.map_err(|e| TransportError::Connect { addr: peer.to_string(), reason: e.to_string() })?;
+    let (send, recv) = tokio::time::timeout(Duration::from_secs(20), conn.accept_bi())
+        .await
+        .map_err(|_| TransportError::Connect { addr: peer.to_string(), reason: "no stream opened in time".into() })?
+        .map_err(|e| TransportError::Connect { addr: peer.to_string(), reason: e.to_string() })?;
+    stream_from(conn, send, recv, peer)
+}
+
+fn stream_from(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream, peer: SocketAddr) -> Result<TunnelStream, TransportError> {
+    let mut binding = vec![0u8; 32];
+    conn.export_keying_material(&mut binding, EXPORTER_LABEL, b"")
+        .map_err(|_| TransportError::Tls("cannot export a channel binding".into()))?;
+    Ok(TunnelStream { recv: Box::new(recv), send: Box::new(send), binding, peer, handle: Box::new(QuicHandle(conn)) })
+}
+
+struct QuicHandle(quinn::Connection);
+
+impl ConnectionHandle for QuicHandle {
+    fn close(&self, reason: &str) {
+        self.0.close(0u32.into(), reason.as_bytes());
+    }
+    fn remote_address(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+}
+
+impl Drop for QuicHandle {
+    fn drop(&mut self) {
+        self.0.close(0u32.into(), b"closed");
+    }
+}
+
+/// The node's side: dials `relay` and checks the relay's certificate against `pin`.
+pub struct QuicConnector {
+    endpoint: quinn::Endpoint,
+    relay: String,
+    config: quinn::ClientConfig,
+}
+
+impl QuicConnector {
+    /// `relay` is `host:port`, resolved at each dial (so a relay that moves is
+    /// found again); `pin` is the hex SHA-256 of the relay's certificate.
+    pub fn new(relay: &str, pin: &str) -> Result<Self, TransportError> {
+        let pin = hex::decode(pin.trim()).map_err(|_| TransportError::Tls("the relay pin is not hex".into()))?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider: provider() }))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(true)));
+        let bind: SocketAddr = if relay.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| TransportError::Tls("bad bind address".into()))?;
+        let endpoint = quinn::Endpoint::client(bind)?;
+        Ok(QuicConnector { endpoint, relay: relay.to_string(), config })
+    }
+
+    /// Moves the node's socket to a new local port, as a NAT rebinding or an
+    /// address change would; live connections migrate with it.
+    pub fn rebind(&self) -> Result<(), TransportError> {
+        let addr = self.endpoint.local_addr()?;
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0))?;
+        self.endpoint.rebind(socket)?;
+        Ok(())
+    }
+}
+
+impl Connector for QuicConnector {
+    async fn connect(&self) -> Result<TunnelStream, TransportError> {
+        let err = |reason: String| TransportError::Connect { addr: self.relay.clone(), reason };
+        let addr = tokio::net::lookup_host(&self.relay)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .next()
+            .ok_or_else(|| err("no address".into()))?;
+        let connecting = self.endpoint.connect_with(self.config.clone(), addr, SERVER_NAME).map_err(|e| err(e.to_string()))?;
+        let conn = tokio::time::timeout(Duration::from_secs(15), connecting)
+            .await
+            .map_err(|_| err("handshake timed out".into()))?
+            .map_err(|e| {
+                if e.to_string().contains("pinned") {
+                    TransportError::PinMismatch
+                } else {
+                    err(e.to_string())
+                }
+            })?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+        stream_from(conn, send, recv, addr)
+    }
+}
+
+/// Accepts exactly the relay certificate whose SHA-256 is pinned; handshake
+/// signatures are still verified, so only the holder of its key passes.
+#[derive(Debug)]
+struct PinnedCert {
+    pin: Vec<u8>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if Sha256::digest(end_entity.as_ref()).as_slice() == self.pin.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("relay certificate is not the pinned one".into()))
+        }
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
