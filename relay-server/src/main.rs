@@ -1,1 +1,76 @@
-fn main(){}
+//! `omb-relay`: the Own-Mailbox relay.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use omb_relay::config::RelayConfig;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "omb-relay", about = "The Own-Mailbox relay: MX, encrypting spool and tunnel to home nodes")]
+struct Cli {
+    /// The relay's configuration file (see ops/relay.example.toml).
+    #[arg(long, short, default_value = "/etc/omb/relay.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the relay.
+    Serve,
+    /// Manages accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Prints the tunnel certificate pin that nodes configure.
+    Pin,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Creates an account HANDLE (address HANDLE@DOMAIN) and prints its one-time link token.
+    Add { handle: String },
+    /// Issues a new one-time link token for an existing account (to link a new node).
+    LinkToken { handle: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = RelayConfig::load(&cli.config)?;
+    match cli.command {
+        Command::Serve => {
+            let relay = omb_relay::server::start(config).await?;
+            tracing::info!(smtp = %relay.smtp, tunnel = %relay.tunnel, dns = ?relay.dns, pin = %relay.tunnel_pin, "relay running");
+            tokio::select! {
+                r = relay.wait() => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Account { command } => {
+            let store = omb_relay::server::open_store(&config).await?;
+            let handle = match &command {
+                AccountCommand::Add { handle } | AccountCommand::LinkToken { handle } => handle.to_lowercase(),
+            };
+            if let AccountCommand::Add { .. } = command {
+                store.create_account(&handle, &config.domain, config.accounts.quota_bytes).await.context("cannot create the account")?;
+            }
+            let token = store.create_link_token(&handle).await?;
+            println!("account: {handle}@{}", config.domain);
+            println!("link_token: {token}");
+            println!("tunnel_pin: {}", omb_relay::server::tunnel_pin(&config)?);
+            store.close().await;
+            Ok(())
+        }
+        Command::Pin => {
+            println!("{}", omb_relay::server::tunnel_pin(&config)?);
+            Ok(())
+        }
+    }
+}

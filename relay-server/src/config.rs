@@ -1,0 +1,138 @@
+//! The relay's configuration file (TOML). Every key is documented in
+//! `ops/relay.example.toml`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The relay's mail domain: accounts get `handle@domain`.
+    pub domain: String,
+    /// This host's name, used in the SMTP greeting, `Received` and
+    /// `Authentication-Results`. Defaults to `mx.DOMAIN`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Where the relay keeps its database (SQLite) and keys.
+    pub data_dir: PathBuf,
+    /// `sqlite` (the default: `DATA_DIR/relay.db`) or a `postgres://` URL.
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub tunnel: TunnelConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub accounts: AccountsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub listen: SocketAddr,
+    /// Largest message accepted, in bytes (advertised with SIZE, RFC 1870).
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Simultaneous connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous connections in all.
+    pub max_connections: usize,
+    /// Seconds to wait for a command (RFC 5321 section 4.5.3.2.7 asks for 5 min).
+    pub command_timeout_secs: u64,
+    /// Seconds a whole DATA transfer may take.
+    pub data_timeout_secs: u64,
+    /// PEM certificate chain and key for STARTTLS; a self-signed pair is made in
+    /// the data folder when unset.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 25)),
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections_per_ip: 20,
+            max_connections: 1000,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelConfig {
+    /// UDP address of the QUIC tunnel endpoint that nodes dial.
+    pub listen: SocketAddr,
+    /// Messages sent to a node before waiting for acknowledgements.
+    pub window: usize,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig { listen: SocketAddr::from(([0, 0, 0, 0], 4433)), window: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Where the relay's authoritative DNS server listens (UDP and TCP); off when unset.
+    pub listen: Option<SocketAddr>,
+    /// The one DNS server the relay asks (SPF, DKIM, DMARC). Never the system resolver.
+    pub resolver: SocketAddr,
+    /// Public IPv4/IPv6 addresses of this relay, published in its zone.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { listen: None, resolver: SocketAddr::from(([127, 0, 0, 1], 53)), addresses: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Bytes of mail an account may have waiting in the spool; `452` beyond.
+    pub quota_bytes: i64,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig { quota_bytes: 1024 * 1024 * 1024 }
+    }
+}
+
+fn default_database() -> String {
+    "sqlite".to_string()
+}
+
+impl RelayConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the relay configuration {}", path.display()))?;
+        let config: RelayConfig = toml::from_str(&text).with_context(|| format!("{} is not a valid relay configuration", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| format!("mx.{}", self.domain))
+    }
+
+    /// The database URL sqlx opens.
+    pub fn database_url(&self) -> String {
+        if self.database == "sqlite" {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("relay.db").display())
+        } else {
+            self.database.clone()
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! What happens to a recipient and to a message once the SMTP dialogue is done:
+//! trace headers (`Received`, `Authentication-Results`), encryption of the whole
+//! message to the owner's certificate, and a durable spool write — in that order,
+//! so plaintext never reaches the disk.
+
+use super::session::{RcptVerdict, StoreVerdict, Transaction};
+use crate::auth::Authenticator;
+use crate::store::{SpoolEntry, Store};
+use crate::tunnel::Hub;
+use omb_shared::types::{Address, QueueId};
+use omb_shared::{mime, pgp};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+pub struct Acceptor {
+    pub store: Store,
+    pub auth: Authenticator,
+    pub hub: Arc<Hub>,
+    pub hostname: String,
+}
+
+impl Acceptor {
+    /// RCPT TO: hosted, linked, and not over quota.
+    pub async fn check_recipient(&self, address: &Address) -> RcptVerdict {
+        match self.store.recipient(&address.canonical()).await {
+            Ok(None) => RcptVerdict::Unknown,
+            Ok(Some(r)) if r.cert.is_none() => RcptVerdict::NotActive,
+            Ok(Some(r)) => match self.store.spool_usage(&r.handle).await {
+                Ok(used) if used >= r.quota_bytes => RcptVerdict::OverQuota,
+                Ok(_) => RcptVerdict::Accept(r.handle),
+                Err(e) => {
+                    warn!(error = %e, "spool usage look-up failed");
+                    RcptVerdict::TempFail
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "recipient look-up failed");
+                RcptVerdict::TempFail
+            }
+        }
+    }
+
+    /// End of DATA: returns only once every copy is durably spooled.
+    pub async fn store(&self, tx: Transaction, remote_ip: IpAddr) -> StoreVerdict {
+        let results = self.auth.authentication_results(remote_ip, &tx.helo, &tx.mail_from, &tx.data).await;
+        let already_encrypted = mime::is_encrypted(&tx.data);
+        let received_at = crate::store::now();
+
+        // One copy per account, encrypted to that account's certificate.
+        let mut by_handle: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in &tx.recipients {
+            by_handle.entry(r.handle.clone()).or_default().push(r.address.to_string());
+        }
+        let mut entries = Vec::with_capacity(by_handle.len());
+        for (handle, rcpts) in by_handle {
+            let id = QueueId::generate();
+            let recipient = match self.store.recipient(&rcpts[0]).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return StoreVerdict::TempFail,
+                Err(e) => {
+                    warn!(error = %e, "recipient look-up failed at end of DATA");
+                    return StoreVerdict::TempFail;
+                }
+            };
+            match self.store.spool_usage(&handle).await {
+                Ok(used) if used + tx.data.len() as i64 > recipient.quota_bytes => return StoreVerdict::OverQuota,
+                Ok(_) => {}
+                Err(_) => return StoreVerdict::TempFail,
+            }
+            let Some(cert_bytes) = recipient.cert else { return StoreVerdict::TempFail };
+            let for_clause = if rcpts.len() == 1 { format!("\r\n\tfor <{}>", rcpts[0]) } else { String::new() };
+            let received = format!(
+                "Received: from {} ([{}])\r\n\tby {} (Own-Mailbox relay) with {} id {}{}; {}\r\n",
+                sanitize(&tx.helo),
+                remote_ip,
+                self.hostname,
+                tx.protocol,
+                id,
+                for_clause,
+                chrono::Utc::now().to_rfc2822()
+            );
+            let mut full = Vec::with_capacity(tx.data.len() + results.len() + received.len());
+            full.extend_from_slice(results.as_bytes());
+            full.extend_from_slice(received.as_bytes());
+            full.extend_from_slice(&tx.data);
+
+            let data = if already_encrypted {
+                full
+            } else {
+                let encrypted = tokio::task::spawn_blocking(move || {
+                    let cert = pgp::parse_cert(&cert_bytes)?;
+                    pgp::encrypt_whole_message(&cert, &full)
+                })
+                .await;
+                match encrypted {
+                    Ok(Ok(data)) => data,
+                    Ok(Err(e)) => {
+                        warn!(%handle, error = %e, "cannot encrypt to the account's certificate");
+                        return StoreVerdict::TempFail;
+                    }
+                    Err(_) => return StoreVerdict::TempFail,
+                }
+            };
+            entries.push(SpoolEntry {
+                id,
+                handle,
+                mail_from: tx.mail_from.clone(),
+                rcpt_to: rcpts,
+                received_at,
+                relay_encrypted: !already_encrypted,
+                data,
+            });
+        }
+        if let Err(e) = self.store.spool_insert(&entries).await {
+            warn!(error = %e, "spool write failed");
+            return StoreVerdict::TempFail;
+        }
+        for e in &entries {
+            info!(queue_id = %e.id, handle = %e.handle, size = e.data.len(), encrypted_here = e.relay_encrypted, "spooled");
+            self.hub.notify(&e.handle);
+        }
+        match entries.first() {
+            Some(e) => StoreVerdict::Stored(e.id.to_string()),
+            None => StoreVerdict::TempFail,
+        }
+    }
+}
+
+/// Keeps a client-given name from breaking the header it is put in.
+fn sanitize(s: &str) -> String {
+    let clean: String = s.chars().filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';' | '\\')).take(255).collect();
+    if clean.is_empty() {
+        "unknown".to_string()
+    } else {
+        clean
+    }
+}

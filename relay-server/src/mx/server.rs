@@ -1,0 +1,182 @@
+//! The MX's tokio driver: accepts TCP connections, enforces connection limits
+//! and timeouts, runs STARTTLS, and feeds bytes through [`Session`].
+
+use super::accept::Acceptor;
+use super::session::{Action, Session, SessionConfig};
+use crate::config::SmtpConfig;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info_span, warn, Instrument};
+
+pub struct MxServer {
+    pub acceptor: Arc<Acceptor>,
+    pub config: SmtpConfig,
+    pub hostname: String,
+    pub tls: Option<TlsAcceptor>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    total: Mutex<usize>,
+}
+
+impl MxServer {
+    pub fn new(acceptor: Arc<Acceptor>, config: SmtpConfig, hostname: String, tls: Option<TlsAcceptor>) -> Arc<Self> {
+        Arc::new(MxServer { acceptor, config, hostname, tls, per_ip: Mutex::new(HashMap::new()), total: Mutex::new(0) })
+    }
+
+    /// Counts a new connection; `false` when the address or the server is at its limit.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let (Ok(mut per_ip), Ok(mut total)) = (self.per_ip.lock(), self.total.lock()) else { return false };
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.max_connections_per_ip || *total >= self.config.max_connections {
+            return false;
+        }
+        *n += 1;
+        *total += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        if let (Ok(mut per_ip), Ok(mut total)) = (self.per_ip.lock(), self.total.lock()) {
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+            *total = total.saturating_sub(1);
+        }
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(listener: TcpListener, server: Arc<MxServer>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            if !server.admit(peer.ip()) {
+                let mut stream = stream;
+                let _ = stream.write_all(b"421 4.7.0 Too many connections from your address, try again later\r\n").await;
+                return;
+            }
+            let span = info_span!("smtp", peer = %peer);
+            handle(stream, peer, &server).instrument(span).await;
+            server.release(peer.ip());
+        });
+    }
+}
+
+enum Outcome {
+    Closed,
+    StartTls,
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, server: &MxServer) {
+    let _ = stream.set_nodelay(true);
+    let config = SessionConfig {
+        hostname: server.hostname.clone(),
+        max_message_size: server.config.max_message_size,
+        max_recipients: server.config.max_recipients,
+        tls_available: server.tls.is_some(),
+        max_errors: 10,
+    };
+    let mut session = Session::new(config, peer.ip(), false);
+    let mut stream = stream;
+    match drive(&mut stream, &mut session, peer, server).await {
+        Outcome::Closed => {
+            let _ = stream.shutdown().await;
+        }
+        Outcome::StartTls => {
+            let Some(tls) = server.tls.clone() else { return };
+            let handshake = tokio::time::timeout(Duration::from_secs(30), tls.accept(stream)).await;
+            let mut tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            session.tls_started();
+            if let Outcome::Closed = drive(&mut tls_stream, &mut session, peer, server).await {
+                let _ = tls_stream.shutdown().await;
+            }
+        }
+    }
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, session: &mut Session, peer: SocketAddr, server: &MxServer) -> Outcome {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let command_timeout = Duration::from_secs(server.config.command_timeout_secs);
+    let data_timeout = Duration::from_secs(server.config.data_timeout_secs);
+    loop {
+        let mut input = &pending[..];
+        loop {
+            match session.feed(&mut input) {
+                None => break,
+                Some(Action::CheckRecipient(addr)) => {
+                    let verdict = server.acceptor.check_recipient(&addr).await;
+                    session.recipient_checked(addr, verdict);
+                }
+                Some(Action::Store(tx)) => {
+                    // Say what we have so far before the (slower) store.
+                    if write(stream, session).await.is_err() {
+                        return Outcome::Closed;
+                    }
+                    let verdict = server.acceptor.store(tx, peer.ip()).await;
+                    session.message_stored(verdict);
+                }
+                Some(Action::StartTls) => {
+                    // Anything pipelined after STARTTLS is dropped (RFC 3207 section 4.2).
+                    return match write(stream, session).await {
+                        Ok(()) => Outcome::StartTls,
+                        Err(_) => Outcome::Closed,
+                    };
+                }
+                Some(Action::Close) => {
+                    let _ = write(stream, session).await;
+                    return Outcome::Closed;
+                }
+            }
+        }
+        pending.clear();
+        if write(stream, session).await.is_err() || session.is_closed() {
+            return Outcome::Closed;
+        }
+        let limit = if session.in_data() { data_timeout } else { command_timeout };
+        match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Closed,
+            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                session.timed_out();
+                let _ = write(stream, session).await;
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> std::io::Result<()> {
+    let out = session.take_output();
+    if !out.is_empty() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
+    }
+    Ok(())
+}

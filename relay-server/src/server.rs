@@ -1,0 +1,148 @@
+//! Starts every part of the relay from its configuration.
+
+use crate::auth::Authenticator;
+use crate::config::RelayConfig;
+use crate::dns::{DnsServer, RelayZone, ZoneConfig};
+use crate::mx::accept::Acceptor;
+use crate::mx::MxServer;
+use crate::store::Store;
+use crate::tunnel::{Hub, TunnelContext};
+use anyhow::Context;
+use omb_shared::transport::quic::{QuicListener, RelayTlsIdentity};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// A running relay: where each part listens, and the tasks serving them.
+pub struct RunningRelay {
+    pub smtp: SocketAddr,
+    pub tunnel: SocketAddr,
+    pub dns: Option<SocketAddr>,
+    /// SHA-256 of the tunnel certificate, which nodes pin.
+    pub tunnel_pin: String,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub tasks: JoinSet<()>,
+}
+
+impl RunningRelay {
+    /// Runs until one of the servers stops (which is an error).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.tasks.join_next().await;
+        anyhow::bail!("a relay server stopped unexpectedly")
+    }
+}
+
+/// Opens the relay's store (creating it on first start).
+pub async fn open_store(config: &RelayConfig) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+    Store::open(&config.database_url()).await.with_context(|| format!("cannot open the relay database {}", redact(&config.database)))
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("postgres://…@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The tunnel certificate's pin, creating the certificate on first use.
+pub fn tunnel_pin(config: &RelayConfig) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    Ok(RelayTlsIdentity::load_or_create(&config.data_dir)?.pin())
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
+    let store = open_store(&config).await?;
+    let hostname = config.hostname();
+    let hub = Arc::new(Hub::new());
+    let mut tasks = JoinSet::new();
+
+    // DNS first: the authenticator may ask it.
+    let dns = match config.dns.listen {
+        Some(addr) => {
+            let addresses = if config.dns.addresses.is_empty() { vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] } else { config.dns.addresses.clone() };
+            let ipv4: Vec<_> = addresses.iter().filter_map(|a| if let IpAddr::V4(v) = a { Some(*v) } else { None }).collect();
+            let ipv6: Vec<_> = addresses.iter().filter_map(|a| if let IpAddr::V6(v) = a { Some(*v) } else { None }).collect();
+            let mut spf = "v=spf1".to_string();
+            for a in &ipv4 {
+                spf.push_str(&format!(" ip4:{a}"));
+            }
+            for a in &ipv6 {
+                spf.push_str(&format!(" ip6:{a}"));
+            }
+            spf.push_str(" -all");
+            let zone = RelayZone::new(&ZoneConfig {
+                domain: config.domain.clone(),
+                mx_host: hostname.clone(),
+                ipv4,
+                ipv6,
+                spf,
+                dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
+                extra_hosts: vec![],
+            })
+            .context("cannot build the relay's DNS zone")?;
+            let server = DnsServer::bind(addr, Arc::new(zone)).await.with_context(|| format!("cannot listen for DNS on {addr}"))?;
+            let local = server.local_addr();
+            tasks.spawn(server.run());
+            Some(local)
+        }
+        None => None,
+    };
+    let resolver = match (config.dns.listen, dns) {
+        // A relay serving DNS on an unspecified port asks itself.
+        (Some(l), Some(d)) if l.port() == 0 && config.dns.resolver == l => d,
+        _ => config.dns.resolver,
+    };
+    let auth = Authenticator::new(resolver, &hostname).context("cannot set up SPF/DKIM/DMARC checks")?;
+
+    let acceptor = Arc::new(Acceptor { store: store.clone(), auth, hub: hub.clone(), hostname: hostname.clone() });
+    let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
+    let listener = tokio::net::TcpListener::bind(config.smtp.listen).await.with_context(|| format!("cannot listen for SMTP on {}", config.smtp.listen))?;
+    let smtp = listener.local_addr()?;
+    let mx = MxServer::new(acceptor, config.smtp.clone(), hostname, Some(tls));
+    tasks.spawn(crate::mx::serve(listener, mx));
+
+    let identity = RelayTlsIdentity::load_or_create(&config.data_dir)?;
+    let quic = QuicListener::bind(config.tunnel.listen, &identity).with_context(|| format!("cannot listen for the tunnel on {}", config.tunnel.listen))?;
+    let tunnel = quic.local_addr()?;
+    let ctx = Arc::new(TunnelContext { store: store.clone(), hub: hub.clone(), window: config.tunnel.window.max(1) });
+    tasks.spawn(crate::tunnel::serve(quic, ctx));
+
+    Ok(RunningRelay { smtp, tunnel, dns, tunnel_pin: identity.pin(), store, hub, tasks })
+}
+
+/// The MX's TLS: the configured PEM files, or a self-signed pair made once in
+/// the data folder (senders on the Internet use opportunistic TLS and accept it).
+fn mx_tls(config: &RelayConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
+    let (cert_path, key_path) = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let c = config.data_dir.join("mx-cert.pem");
+            let k = config.data_dir.join("mx-key.pem");
+            if !c.exists() || !k.exists() {
+                let key = rcgen::KeyPair::generate()?;
+                let cert = rcgen::CertificateParams::new(vec![hostname.to_string()])?.self_signed(&key)?;
+                omb_shared::pgp::write_private_file(&k, key.serialize_pem().as_bytes())?;
+                std::fs::write(&c, cert.pem())?;
+            }
+            (c, k)
+        }
+    };
+    let certs = load_certs(&cert_path)?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(&key_path)?))?
+        .with_context(|| format!("no private key in {}", key_path.display()))?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+fn load_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
+    Ok(rustls_pemfile::certs(&mut reader).collect::<Result<Vec<_>, _>>()?)
+}

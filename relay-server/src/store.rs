@@ -1,0 +1,271 @@
+//! All of the relay's SQL: accounts, link tokens, linked nodes and the spool.
+//! One code path for SQLite (the embedded default) and PostgreSQL (shared state
+//! for several relay instances), through sqlx's `Any` driver and one set of
+//! migrations.
+
+use omb_shared::types::{NodeKey, QueueId};
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no account called {0:?}")]
+    NoAccount(String),
+    #[error("an account called {0:?} exists already")]
+    AccountExists(String),
+}
+
+/// Why a link attempt was refused (told to the node as the reason).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkRefusal {
+    #[error("unknown or already used link token")]
+    BadToken,
+    #[error("this node key is linked to another account")]
+    KeyTaken,
+}
+
+/// What the MX needs to know of a recipient address.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub handle: String,
+    /// The node's OpenPGP certificate (binary); `None` until a node is linked.
+    pub cert: Option<Vec<u8>>,
+    pub quota_bytes: i64,
+}
+
+/// One message in the spool, for one account.
+#[derive(Debug, Clone)]
+pub struct SpoolEntry {
+    pub id: QueueId,
+    pub handle: String,
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub received_at: i64,
+    pub relay_encrypted: bool,
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its schema up
+    /// to date. SQLite runs in WAL mode with `synchronous=FULL`, so a committed
+    /// spool write survives power loss.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- accounts -------------------------------------------------------------
+
+    /// Creates an account with its primary address `handle@domain`.
+    pub async fn create_account(&self, handle: &str, domain: &str, quota_bytes: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1").bind(handle).fetch_optional(&mut *tx).await?;
+        if exists.is_some() {
+            return Err(StoreError::AccountExists(handle.to_string()));
+        }
+        sqlx::query("INSERT INTO accounts (handle, quota_bytes, created_at) VALUES ($1, $2, $3)")
+            .bind(handle)
+            .bind(quota_bytes)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO addresses (address, handle) VALUES ($1, $2)")
+            .bind(format!("{handle}@{domain}").to_lowercase())
+            .bind(handle)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Issues a new one-time link token for an account. Only its hash is stored.
+    pub async fn create_link_token(&self, handle: &str) -> Result<String, StoreError> {
+        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1").bind(handle).fetch_optional(&self.pool).await?;
+        if exists.is_none() {
+            return Err(StoreError::NoAccount(handle.to_string()));
+        }
+        let token = format!("omb-link-{}", hex::encode(rand::random::<[u8; 20]>()));
+        sqlx::query("INSERT INTO link_tokens (token_hash, handle, created_at) VALUES ($1, $2, $3)")
+            .bind(token_hash(&token))
+            .bind(handle)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// Spends a link token: binds `node_key` and its certificate to the token's
+    /// account, replacing any node linked before. Refused when the token is
+    /// unknown or used, or when the key already belongs to another account.
+    pub async fn link_node(&self, token: &str, node_key: &NodeKey, cert: &[u8], fingerprint: &str) -> Result<Result<String, LinkRefusal>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Marking the token used first makes two racing links see one winner.
+        let spent = sqlx::query("UPDATE link_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
+            .bind(now())
+            .bind(token_hash(token))
+            .execute(&mut *tx)
+            .await?;
+        if spent.rows_affected() != 1 {
+            return Ok(Err(LinkRefusal::BadToken));
+        }
+        let handle: String = sqlx::query("SELECT handle FROM link_tokens WHERE token_hash = $1").bind(token_hash(token)).fetch_one(&mut *tx).await?.try_get(0)?;
+        let owner = sqlx::query("SELECT handle FROM nodes WHERE node_key = $1").bind(node_key.to_hex()).fetch_optional(&mut *tx).await?;
+        if let Some(row) = owner {
+            let owner: String = row.try_get(0)?;
+            if owner != handle {
+                return Ok(Err(LinkRefusal::KeyTaken));
+            }
+        }
+        sqlx::query("DELETE FROM nodes WHERE handle = $1").bind(&handle).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO nodes (node_key, handle, openpgp_cert, fingerprint, linked_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(node_key.to_hex())
+            .bind(&handle)
+            .bind(cert.to_vec())
+            .bind(fingerprint)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(handle))
+    }
+
+    /// The account a node key is linked to.
+    pub async fn node_account(&self, node_key: &NodeKey) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT handle FROM nodes WHERE node_key = $1").bind(node_key.to_hex()).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub async fn addresses(&self, handle: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT address FROM addresses WHERE handle = $1 ORDER BY address").bind(handle).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+    }
+
+    /// Looks up a recipient address (any case).
+    pub async fn recipient(&self, address: &str) -> Result<Option<Recipient>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.handle, n.openpgp_cert, c.quota_bytes FROM addresses a \
+             JOIN accounts c ON c.handle = a.handle \
+             LEFT JOIN nodes n ON n.handle = a.handle WHERE a.address = $1",
+        )
+        .bind(address.to_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(Recipient { handle: row.try_get(0)?, cert: row.try_get(1)?, quota_bytes: row.try_get(2)? }))
+    }
+
+    // ---- spool ----------------------------------------------------------------
+
+    /// Bytes waiting in the spool for an account.
+    pub async fn spool_usage(&self, handle: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COALESCE(SUM(size), 0) FROM spool WHERE handle = $1").bind(handle).fetch_one(&self.pool).await?;
+        // SUM is BIGINT on SQLite and NUMERIC on PostgreSQL; read either.
+        Ok(row.try_get::<i64, _>(0).or_else(|_| row.try_get::<f64, _>(0).map(|f| f as i64)).or_else(|_| row.try_get::<String, _>(0).map(|s| s.parse().unwrap_or(0)))?)
+    }
+
+    /// Writes messages to the spool in one transaction; when this returns `Ok`
+    /// they are durable.
+    pub async fn spool_insert(&self, entries: &[SpoolEntry]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in entries {
+            sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(e.id.as_str())
+                .bind(&e.handle)
+                .bind(&e.mail_from)
+                .bind(e.rcpt_to.join(","))
+                .bind(e.data.len() as i64)
+                .bind(e.received_at)
+                .bind(i64::from(e.relay_encrypted))
+                .bind(e.data.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The oldest messages waiting for `handle`, skipping the ids in `skip`.
+    pub async fn spool_pending(&self, handle: &str, skip: &std::collections::HashSet<String>, limit: usize) -> Result<Vec<SpoolEntry>, StoreError> {
+        let rows = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data FROM spool WHERE handle = $1 ORDER BY id LIMIT $2")
+            .bind(handle)
+            .bind((limit + skip.len()) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if skip.contains(&id) {
+                continue;
+            }
+            out.push(entry_from(&row, id)?);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a delivered message; only the owning account's node can do so.
+    pub async fn spool_delete(&self, handle: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2").bind(id).bind(handle).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn spool_count(&self, handle: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM spool WHERE handle = $1").bind(handle).fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {
+    let rcpt: String = row.try_get(3)?;
+    Ok(SpoolEntry {
+        id: QueueId(id),
+        handle: row.try_get(1)?,
+        mail_from: row.try_get(2)?,
+        rcpt_to: rcpt.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        received_at: row.try_get(4)?,
+        relay_encrypted: row.try_get::<i64, _>(5)? != 0,
+        data: row.try_get(6)?,
+    })
+}

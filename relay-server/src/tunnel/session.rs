@@ -1,0 +1,203 @@
+//! One node's tunnel session on the relay.
+
+use super::Hub;
+use crate::store::{LinkRefusal, Store};
+use omb_shared::identity::verify_challenge;
+use omb_shared::pgp;
+use omb_shared::protocol::{read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION};
+use omb_shared::transport::quic::{accept_stream, QuicListener};
+use omb_shared::transport::{ConnectionHandle, TunnelStream};
+use omb_shared::types::NodeKey;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How long a node has to finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Re-read the spool this often even without a wake-up (another relay instance
+/// sharing the database may have spooled mail).
+const RESCAN: Duration = Duration::from_secs(5);
+
+pub struct TunnelContext {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub window: usize,
+}
+
+/// Accepts nodes until the endpoint closes.
+pub async fn serve(listener: QuicListener, ctx: Arc<TunnelContext>) {
+    while let Some(incoming) = listener.accept().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            let stream = match accept_stream(incoming).await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(%peer, error = %e, "tunnel connection failed");
+                    return;
+                }
+            };
+            let span = info_span!("tunnel", %peer);
+            run(stream, &ctx).instrument(span).await;
+        });
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, conn: &dyn ConnectionHandle, reason: &str) {
+    warn!(reason, "node refused");
+    let _ = write_frame(w, &Frame::Refused { reason: reason.to_string() }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    conn.close(reason);
+}
+
+async fn run(stream: TunnelStream, ctx: &TunnelContext) {
+    let TunnelStream { mut recv, mut send, binding, handle: conn, .. } = stream;
+    let conn: &dyn ConnectionHandle = &*conn;
+    let mut dec = FrameDecoder::new();
+
+    let handshake = async {
+        let Frame::Hello { version, node_key } = read_frame(&mut recv, &mut dec).await? else {
+            return Ok(Err("expected Hello".to_string()));
+        };
+        if version != PROTOCOL_VERSION {
+            return Ok(Err(format!("protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}")));
+        }
+        let key = NodeKey(node_key);
+        let nonce: [u8; 32] = rand::random();
+        write_frame(&mut send, &Frame::Challenge { nonce }).await?;
+        let answer = read_frame(&mut recv, &mut dec).await?;
+        let signature = match &answer {
+            Frame::Link { signature, .. } | Frame::Auth { signature } => signature,
+            _ => return Ok(Err("expected Link or Auth".to_string())),
+        };
+        if !verify_challenge(&key, &nonce, &binding, signature) {
+            return Ok(Err("bad signature: the node does not hold the key it named".to_string()));
+        }
+        let handle = match answer {
+            Frame::Link { token, openpgp_cert, .. } => {
+                let cert = match pgp::parse_cert(&openpgp_cert) {
+                    Ok(c) if pgp::can_encrypt_to(&c) && !c.is_tsk() => c,
+                    Ok(_) => return Ok(Err("the OpenPGP certificate has no usable encryption key, or holds secrets".to_string())),
+                    Err(_) => return Ok(Err("the OpenPGP certificate does not parse".to_string())),
+                };
+                let fpr = pgp::fingerprint(&cert);
+                match ctx.store.link_node(&token, &key, &openpgp_cert, &fpr.0).await {
+                    Ok(Ok(handle)) => {
+                        info!(%handle, node = %key, fingerprint = %fpr, "node linked");
+                        handle
+                    }
+                    Ok(Err(LinkRefusal::BadToken)) => return Ok(Err(LinkRefusal::BadToken.to_string())),
+                    Ok(Err(LinkRefusal::KeyTaken)) => return Ok(Err(LinkRefusal::KeyTaken.to_string())),
+                    Err(e) => {
+                        warn!(error = %e, "link failed");
+                        return Ok(Err("temporary failure, try again".to_string()));
+                    }
+                }
+            }
+            _ => match ctx.store.node_account(&key).await {
+                Ok(Some(handle)) => handle,
+                Ok(None) => return Ok(Err("unknown node key: link this node with a link token first".to_string())),
+                Err(e) => {
+                    warn!(error = %e, "node look-up failed");
+                    return Ok(Err("temporary failure, try again".to_string()));
+                }
+            },
+        };
+        Ok::<_, ProtocolError>(Ok(handle))
+    };
+    let handle = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(Ok(handle))) => handle,
+        Ok(Ok(Err(reason))) => return refuse(&mut send, conn, &reason).await,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            return refuse(&mut send, conn, &format!("handshake failed: {e}")).await;
+        }
+        Err(_) => return refuse(&mut send, conn, "handshake timed out").await,
+    };
+    let addresses = ctx.store.addresses(&handle).await.unwrap_or_default();
+    if write_frame(&mut send, &Frame::Welcome { account: handle.clone(), addresses }).await.is_err() {
+        return;
+    }
+    let registration = ctx.hub.register(&handle);
+    info!(%handle, "node connected");
+
+    // Frames from the node arrive on their own task, so a large delivery being
+    // written never delays reading acknowledgements.
+    let (tx, mut rx) = mpsc::channel::<Result<Frame, ProtocolError>>(256);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut recv, &mut dec).await;
+            let end = frame.is_err();
+            if tx.send(frame).await.is_err() || end {
+                break;
+            }
+        }
+    });
+
+    let mut inflight: HashSet<String> = HashSet::new();
+    let result: Result<(), String> = async {
+        loop {
+            if inflight.len() < ctx.window {
+                let batch = ctx.store.spool_pending(&handle, &inflight, ctx.window - inflight.len()).await.map_err(|e| e.to_string())?;
+                for e in batch {
+                    let delivery = Delivery {
+                        id: e.id.0.clone(),
+                        mail_from: e.mail_from,
+                        rcpt_to: e.rcpt_to,
+                        received_at: e.received_at,
+                        relay_encrypted: e.relay_encrypted,
+                        data: e.data,
+                    };
+                    write_frame(&mut send, &Frame::Deliver(delivery)).await.map_err(|e| e.to_string())?;
+                    debug!(queue_id = %e.id, "sent to node");
+                    inflight.insert(e.id.0);
+                }
+            }
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(Ok(Frame::Ack { id })) => {
+                        let deleted = ctx.store.spool_delete(&handle, &id).await.map_err(|e| e.to_string())?;
+                        inflight.remove(&id);
+                        info!(queue_id = %id, deleted, "delivered to node");
+                    }
+                    Some(Ok(Frame::Ping { nonce })) => write_frame(&mut send, &Frame::Pong { nonce }).await.map_err(|e| e.to_string())?,
+                    Some(Ok(Frame::Pong { .. })) => {}
+                    Some(Ok(other)) => return Err(format!("unexpected frame {}", frame_name(&other))),
+                    Some(Err(ProtocolError::Closed)) | None => return Ok(()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                },
+                _ = registration.wake.notified() => {}
+                _ = registration.stop.notified() => return Err("replaced by a newer connection of the same node".to_string()),
+                _ = tokio::time::sleep(RESCAN) => {}
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    ctx.hub.unregister(&handle, registration.generation);
+    match result {
+        Ok(()) => info!(%handle, in_flight = inflight.len(), "node disconnected"),
+        Err(reason) => {
+            info!(%handle, %reason, in_flight = inflight.len(), "node session ended");
+            conn.close(&reason);
+        }
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello { .. } => "Hello",
+        Frame::Challenge { .. } => "Challenge",
+        Frame::Link { .. } => "Link",
+        Frame::Auth { .. } => "Auth",
+        Frame::Welcome { .. } => "Welcome",
+        Frame::Refused { .. } => "Refused",
+        Frame::Deliver(_) => "Deliver",
+        Frame::Ack { .. } => "Ack",
+        Frame::Ping { .. } => "Ping",
+        Frame::Pong { .. } => "Pong",
+    }
+}
