@@ -1,1 +1,7 @@
+//! The Own-Mailbox home node: keeps the keys and the mail, dials out to the relay.
 
+pub mod config;
+pub mod keys;
+pub mod node;
+pub mod store;
+pub mod tunnel;

@@ -1,1 +1,100 @@
-fn main(){}
+//! `omb-node`: the Own-Mailbox home node.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use omb_node::config::NodeConfig;
+use omb_node::keys::Keys;
+use omb_node::store::MailStore;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "omb-node", about = "The Own-Mailbox home node")]
+struct Cli {
+    /// The node's configuration file (see ops/node.example.toml).
+    #[arg(long, short, default_value = "/etc/omb/node.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the node: keeps the tunnel to the relay up and stores incoming mail.
+    Run,
+    /// Reads the mail store.
+    Mail {
+        #[command(subcommand)]
+        command: MailCommand,
+    },
+    /// Prints the node's OpenPGP fingerprint and tunnel key.
+    Keys,
+}
+
+#[derive(Subcommand)]
+enum MailCommand {
+    /// Lists the messages of a folder.
+    List {
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+    },
+    /// Prints one message, decrypted, exactly as it arrived.
+    Show {
+        /// The message's UID in the folder.
+        uid: u32,
+        #[arg(long, default_value = "INBOX")]
+        mailbox: String,
+        /// Print the stored (encrypted) form instead.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = NodeConfig::load(&cli.config)?;
+    match cli.command {
+        Command::Run => {
+            let mut node = omb_node::node::start(config).await?;
+            tokio::select! {
+                _ = node.tasks.join_next() => anyhow::bail!("the node stopped unexpectedly"),
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Keys => {
+            let keys = Keys::load_or_create(&config.data_dir, &config.address)?;
+            println!("openpgp_fingerprint: {}", omb_shared::pgp::fingerprint(&keys.openpgp));
+            println!("tunnel_key: {}", keys.tunnel.public());
+            Ok(())
+        }
+        Command::Mail { command } => {
+            let store = MailStore::open(&config.data_dir).await?;
+            match command {
+                MailCommand::List { mailbox } => {
+                    println!("{:>6}  {:<29}  {:>8}  {}", "UID", "RECEIVED", "SIZE", "FLAGS");
+                    for m in store.list(&mailbox).await? {
+                        let date = chrono::DateTime::from_timestamp(m.internaldate, 0).map(|d| d.to_rfc2822()).unwrap_or_default();
+                        println!("{:>6}  {:<29}  {:>8}  {}", m.uid, date, m.size, m.flags);
+                    }
+                }
+                MailCommand::Show { uid, mailbox, raw } => {
+                    let data = store.raw(&mailbox, uid).await?.with_context(|| format!("no message with UID {uid} in {mailbox}"))?;
+                    let out = if raw {
+                        data
+                    } else {
+                        let keys = Keys::load_or_create(&config.data_dir, &config.address)?;
+                        omb_shared::pgp::decrypt_message(&keys.openpgp, &data).context("cannot decrypt the message with this node's key")?
+                    };
+                    std::io::stdout().write_all(&out)?;
+                }
+            }
+            store.close().await;
+            Ok(())
+        }
+    }
+}

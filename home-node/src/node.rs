@@ -1,0 +1,36 @@
+//! Starts the node's parts from its configuration.
+
+use crate::config::NodeConfig;
+use crate::keys::Keys;
+use crate::store::MailStore;
+use crate::tunnel::{TunnelClient, TunnelState};
+use anyhow::Context;
+use omb_shared::transport::quic::QuicConnector;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub struct RunningNode {
+    pub keys: Arc<Keys>,
+    pub store: MailStore,
+    pub tunnel_state: watch::Receiver<TunnelState>,
+    pub tasks: JoinSet<()>,
+}
+
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let keys = Arc::new(Keys::load_or_create(&config.data_dir, &config.address)?);
+    let store = MailStore::open(&config.data_dir).await.context("cannot open the mail store")?;
+    let connector = QuicConnector::new(&config.relay.tunnel, &config.relay.pin).context("cannot set up the tunnel")?;
+    let (state_tx, state_rx) = watch::channel(TunnelState::Connecting);
+    let client = TunnelClient {
+        connector,
+        keys: keys.clone(),
+        store: store.clone(),
+        link_token: config.relay.link_token.clone(),
+        linked_marker: config.data_dir.join("linked"),
+        state: state_tx,
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(client.run());
+    Ok(RunningNode { keys, store, tunnel_state: state_rx, tasks })
+}

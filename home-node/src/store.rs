@@ -1,0 +1,183 @@
+//! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
+//! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+
+/// The folders every mailbox has from the start, with their special use (RFC 6154).
+pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
+    ("INBOX", None),
+    ("Sent", Some("\\Sent")),
+    ("Drafts", Some("\\Drafts")),
+    ("Trash", Some("\\Trash")),
+    ("Junk", Some("\\Junk")),
+    ("Archive", Some("\\Archive")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mail store database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("mail store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no folder called {0:?}")]
+    NoMailbox(String),
+}
+
+/// The outcome of storing a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// New, under this UID in INBOX.
+    New { uid: u32 },
+    /// Seen before (a redelivery); nothing was added.
+    Duplicate,
+}
+
+/// One message's listing (no body).
+#[derive(Debug, Clone)]
+pub struct MessageInfo {
+    pub uid: u32,
+    pub delivery_id: Option<String>,
+    pub internaldate: i64,
+    pub size: i64,
+    pub flags: String,
+    pub modseq: i64,
+}
+
+#[derive(Clone)]
+pub struct MailStore {
+    pool: SqlitePool,
+}
+
+impl MailStore {
+    /// Opens the store in `data_dir` (creating it and its default folders).
+    /// WAL with `synchronous=FULL`: a message is on disk when `deliver` returns.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", data_dir.join("mail.db").display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let store = MailStore { pool };
+        store.create_default_mailboxes().await?;
+        Ok(store)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn create_default_mailboxes(&self) -> Result<(), StoreError> {
+        for (name, special) in DEFAULT_MAILBOXES {
+            sqlx::query("INSERT OR IGNORE INTO mailboxes (name, special_use, uidvalidity) VALUES (?1, ?2, ?3)")
+                .bind(name)
+                .bind(special)
+                .bind(new_uidvalidity())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a delivery in INBOX unless its id was stored before. `data` must
+    /// already be ciphertext.
+    pub async fn deliver(&self, delivery_id: &str, internaldate: i64, size: i64, data: &[u8]) -> Result<Stored, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1").bind(delivery_id).fetch_optional(&mut *tx).await?;
+        if seen.is_some() {
+            return Ok(Stored::Duplicate);
+        }
+        let row = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE name = 'INBOX' RETURNING id, uidnext - 1, highestmodseq")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (mailbox_id, uid, modseq): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        sqlx::query("INSERT INTO messages (mailbox_id, uid, delivery_id, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7)")
+            .bind(mailbox_id)
+            .bind(uid)
+            .bind(delivery_id)
+            .bind(internaldate)
+            .bind(size)
+            .bind(modseq)
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Stored::New { uid: uid as u32 })
+    }
+
+    async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT id FROM mailboxes WHERE name = ?1").bind(name).fetch_optional(&self.pool).await?;
+        Ok(row.ok_or_else(|| StoreError::NoMailbox(name.to_string()))?.try_get(0)?)
+    }
+
+    pub async fn mailboxes(&self) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT name, special_use, (SELECT COUNT(*) FROM messages m WHERE m.mailbox_id = b.id) FROM mailboxes b ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
+    pub async fn list(&self, mailbox: &str) -> Result<Vec<MessageInfo>, StoreError> {
+        let id = self.mailbox_id(mailbox).await?;
+        let rows = sqlx::query("SELECT uid, delivery_id, internaldate, size, flags, modseq FROM messages WHERE mailbox_id = ?1 ORDER BY uid").bind(id).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MessageInfo {
+                    uid: r.try_get::<i64, _>(0)? as u32,
+                    delivery_id: r.try_get(1)?,
+                    internaldate: r.try_get(2)?,
+                    size: r.try_get(3)?,
+                    flags: r.try_get(4)?,
+                    modseq: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The stored (encrypted) form of one message.
+    pub async fn raw(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = self.mailbox_id(mailbox).await?;
+        let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2").bind(id).bind(i64::from(uid)).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub async fn count(&self, mailbox: &str) -> Result<i64, StoreError> {
+        let id = self.mailbox_id(mailbox).await?;
+        Ok(sqlx::query("SELECT COUNT(*) FROM messages WHERE mailbox_id = ?1").bind(id).fetch_one(&self.pool).await?.try_get(0)?)
+    }
+}
+
+/// A UIDVALIDITY (RFC 9051 section 2.3.1.1): seconds since the epoch, so a
+/// re-created folder never reuses an old value.
+fn new_uidvalidity() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(1).clamp(1, u32::MAX as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deliveries_get_uids_and_duplicates_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("omb-store-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = MailStore::open(&dir).await.unwrap();
+        assert_eq!(store.mailboxes().await.unwrap().len(), DEFAULT_MAILBOXES.len());
+        assert_eq!(store.deliver("q1", 1, 10, b"x").await.unwrap(), Stored::New { uid: 1 });
+        assert_eq!(store.deliver("q2", 2, 10, b"y").await.unwrap(), Stored::New { uid: 2 });
+        assert_eq!(store.deliver("q1", 1, 10, b"x").await.unwrap(), Stored::Duplicate);
+        let list = store.list("INBOX").await.unwrap();
+        assert_eq!(list.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(list[1].modseq > list[0].modseq);
+        assert_eq!(store.raw("INBOX", 2).await.unwrap().unwrap(), b"y");
+        store.close().await;
+        // Reopening keeps everything, and UIDVALIDITY does not change.
+        let again = MailStore::open(&dir).await.unwrap();
+        assert_eq!(again.count("INBOX").await.unwrap(), 2);
+        again.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

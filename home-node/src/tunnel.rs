@@ -1,0 +1,173 @@
+//! The node's end of the tunnel: dials the relay, authenticates, stores each
+//! delivery durably and only then acknowledges it. Reconnects for ever with
+//! jittered exponential back-off.
+
+use crate::keys::Keys;
+use crate::store::{MailStore, Stored};
+use omb_shared::pgp;
+use omb_shared::protocol::{read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION};
+use omb_shared::transport::{Connector, TunnelStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the rest of the node can see of the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelState {
+    Connecting,
+    Up { account: String },
+    /// The relay refused this node for good (bad token, unknown key): an
+    /// operator has to act.
+    Refused(String),
+}
+
+pub struct TunnelClient<C: Connector> {
+    pub connector: C,
+    pub keys: Arc<Keys>,
+    pub store: MailStore,
+    pub link_token: Option<String>,
+    /// Written once the relay accepted the link, so later starts authenticate by key.
+    pub linked_marker: PathBuf,
+    pub state: watch::Sender<TunnelState>,
+}
+
+enum SessionEnd {
+    /// Try again after a back-off.
+    Retry(String),
+    /// Don't: the relay refused this node.
+    Refused(String),
+}
+
+impl<C: Connector> TunnelClient<C> {
+    /// Runs the tunnel for ever.
+    pub async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = std::time::Instant::now();
+            let end = match self.connector.connect().await {
+                Ok(stream) => self.session(stream).await,
+                Err(e) => SessionEnd::Retry(e.to_string()),
+            };
+            match end {
+                SessionEnd::Refused(reason) => {
+                    warn!(%reason, "the relay refused this node; check the link token and the node's keys");
+                    let _ = self.state.send(TunnelState::Refused(reason));
+                    // Keep trying slowly: an operator may fix it on the relay's side.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                SessionEnd::Retry(reason) => {
+                    let _ = self.state.send(TunnelState::Connecting);
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = BACKOFF_MIN;
+                    }
+                    // Full jitter: a relay restart must not bring every node back at once.
+                    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                    debug!(%reason, wait_ms = wait.as_millis() as u64, "tunnel down, reconnecting");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn session(&self, stream: TunnelStream) -> SessionEnd {
+        let TunnelStream { mut recv, mut send, binding, peer, handle: _conn } = stream;
+        let mut dec = FrameDecoder::new();
+        let retry = |e: ProtocolError| SessionEnd::Retry(e.to_string());
+        if let Err(e) = write_frame(&mut send, &Frame::Hello { version: PROTOCOL_VERSION, node_key: self.keys.tunnel.public().0 }).await {
+            return retry(e);
+        }
+        let nonce = match read_frame(&mut recv, &mut dec).await {
+            Ok(Frame::Challenge { nonce }) => nonce,
+            Ok(Frame::Refused { reason }) => return SessionEnd::Refused(reason),
+            Ok(_) => return SessionEnd::Retry("expected a challenge".into()),
+            Err(e) => return retry(e),
+        };
+        let signature = self.keys.tunnel.sign_challenge(&nonce, &binding);
+        let linking = !self.linked_marker.exists() && self.link_token.is_some();
+        let answer = match (&self.link_token, linking) {
+            (Some(token), true) => match pgp::public_bytes(&self.keys.openpgp) {
+                Ok(cert) => Frame::Link { token: token.clone(), openpgp_cert: cert, signature },
+                Err(e) => return SessionEnd::Refused(format!("cannot export the OpenPGP certificate: {e}")),
+            },
+            _ => Frame::Auth { signature },
+        };
+        if let Err(e) = write_frame(&mut send, &answer).await {
+            return retry(e);
+        }
+        let account = match read_frame(&mut recv, &mut dec).await {
+            Ok(Frame::Welcome { account, addresses }) => {
+                info!(%account, ?addresses, relay = %peer, "tunnel up");
+                if linking {
+                    if let Err(e) = std::fs::write(&self.linked_marker, &account) {
+                        warn!(error = %e, "cannot record that the node is linked");
+                    }
+                }
+                account
+            }
+            Ok(Frame::Refused { reason }) => return SessionEnd::Refused(reason),
+            Ok(_) => return SessionEnd::Retry("expected Welcome".into()),
+            Err(e) => return retry(e),
+        };
+        let _ = self.state.send(TunnelState::Up { account });
+
+        loop {
+            match read_frame(&mut recv, &mut dec).await {
+                Ok(Frame::Deliver(d)) => {
+                    let id = d.id.clone();
+                    match self.store_delivery(d).await {
+                        Ok(stored) => {
+                            if std::env::var_os("OMB_TEST_CRASH_BEFORE_ACK").is_some() {
+                                // Test hook: die between the durable store and the ack.
+                                std::process::abort();
+                            }
+                            if let Err(e) = write_frame(&mut send, &Frame::Ack { id: id.clone() }).await {
+                                return retry(e);
+                            }
+                            info!(queue_id = %id, ?stored, "delivery stored");
+                        }
+                        Err(e) => {
+                            // Not acknowledged: the relay keeps it and sends it again.
+                            warn!(queue_id = %id, error = %e, "cannot store a delivery");
+                            return SessionEnd::Retry(format!("store failed: {e}"));
+                        }
+                    }
+                }
+                Ok(Frame::Ping { nonce }) => {
+                    if let Err(e) = write_frame(&mut send, &Frame::Pong { nonce }).await {
+                        return retry(e);
+                    }
+                }
+                Ok(Frame::Pong { .. }) => {}
+                Ok(Frame::Refused { reason }) => return SessionEnd::Retry(format!("relay closed the session: {reason}")),
+                Ok(_) => return SessionEnd::Retry("unexpected frame from the relay".into()),
+                Err(e) => return retry(e),
+            }
+        }
+    }
+
+    /// Checks and stores one delivery; ciphertext only ever reaches the disk.
+    async fn store_delivery(&self, d: Delivery) -> anyhow::Result<Stored> {
+        let keys = self.keys.clone();
+        let relay_encrypted = d.relay_encrypted;
+        let data = d.data;
+        let (stored_form, size) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, i64)> {
+            if relay_encrypted {
+                // Decrypt once to learn the size (and to know it is readable).
+                let plain = pgp::decrypt_message(&keys.openpgp, &data)?;
+                Ok((data, plain.len() as i64))
+            } else {
+                // Encrypted by its sender: wrap it to our own key for rest.
+                let size = data.len() as i64;
+                Ok((pgp::encrypt_whole_message(&keys.openpgp, &data)?, size))
+            }
+        })
+        .await??;
+        Ok(self.store.deliver(&d.id, d.received_at, size, &stored_form).await?)
+    }
+}
