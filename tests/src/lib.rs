@@ -1,1 +1,4 @@
+//! End-to-end test support and the sandbox.
 
+pub mod harness;
+pub mod sandbox;

@@ -1,0 +1,175 @@
+//! The sandbox: a whole Own-Mailbox system on loopback (one relay with its own
+//! DNS zone `sandbox.test`, and linked home nodes), for trying it out and for
+//! tests. The contract is in DESIGN.md ("The sandbox contract").
+
+use anyhow::Context;
+use omb_node::config::{NodeConfig, RelayLink};
+use omb_node::tunnel::TunnelState;
+use omb_relay::config::{DnsConfig, RelayConfig, SmtpConfig, TunnelConfig};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DOMAIN: &str = "sandbox.test";
+
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub dir: PathBuf,
+    pub nodes: Vec<String>,
+    /// Static outbound routes `DOMAIN=HOST:PORT` (outbound delivery: issue 5).
+    pub routes: Vec<(String, String)>,
+    pub tor: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Manifest {
+    pub relay: RelayManifest,
+    pub ca_cert: PathBuf,
+    pub nodes: Vec<NodeManifest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RelayManifest {
+    pub domain: String,
+    pub smtp: SocketAddr,
+    pub http: String,
+    pub dns: SocketAddr,
+    pub tunnel: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeManifest {
+    pub name: String,
+    pub address: String,
+    pub password: String,
+    pub data_dir: PathBuf,
+    pub openpgp_fingerprint: String,
+}
+
+/// A running sandbox; dropping it stops everything.
+pub struct Sandbox {
+    pub manifest: Manifest,
+    pub relay: omb_relay::server::RunningRelay,
+    pub nodes: Vec<omb_node::node::RunningNode>,
+}
+
+/// Starts the relay and the nodes, links each node (first run) and waits until
+/// every tunnel is up; then writes `DIR/sandbox.json`.
+pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
+    let dir = std::path::absolute(&opts.dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = std::fs::remove_file(dir.join("sandbox.json"));
+    let ca_cert = write_ca(&dir)?;
+
+    let relay_dir = dir.join("relay");
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = RelayConfig {
+        domain: DOMAIN.to_string(),
+        hostname: Some(format!("mx.{DOMAIN}")),
+        data_dir: relay_dir.clone(),
+        database: "sqlite".to_string(),
+        smtp: SmtpConfig { listen: any, ..SmtpConfig::default() },
+        tunnel: TunnelConfig { listen: any, ..TunnelConfig::default() },
+        // The relay's own DNS server on a free loopback port, and the relay asks
+        // only it: nothing in the sandbox uses the system resolver.
+        dns: DnsConfig { listen: Some(any), resolver: any, addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])] },
+        accounts: Default::default(),
+    };
+    let quota = config.accounts.quota_bytes;
+    let relay = omb_relay::server::start(config).await?;
+    let dns = relay.dns.context("the relay's DNS server did not start")?;
+
+    let mut nodes = Vec::new();
+    let mut node_manifests = Vec::new();
+    for name in &opts.nodes {
+        let handle = name.to_lowercase();
+        let node_dir = dir.join("nodes").join(&handle);
+        std::fs::create_dir_all(&node_dir)?;
+        let linked = node_dir.join("linked").exists();
+        let link_token = if linked {
+            None
+        } else {
+            match relay.store.create_account(&handle, DOMAIN, quota).await {
+                Ok(()) | Err(omb_relay::store::StoreError::AccountExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            Some(relay.store.create_link_token(&handle).await?)
+        };
+        let address = format!("{handle}@{DOMAIN}");
+        let node_config = NodeConfig {
+            address: address.clone(),
+            data_dir: node_dir.clone(),
+            relay: RelayLink { tunnel: relay.tunnel.to_string(), pin: relay.tunnel_pin.clone(), link_token },
+        };
+        let node = omb_node::node::start(node_config).await.with_context(|| format!("cannot start node {handle}"))?;
+        node_manifests.push(NodeManifest {
+            name: handle.clone(),
+            address,
+            password: password(&node_dir)?,
+            data_dir: node_dir,
+            openpgp_fingerprint: omb_shared::pgp::fingerprint(&node.keys.openpgp).0,
+        });
+        nodes.push(node);
+    }
+    for (node, m) in nodes.iter_mut().zip(&node_manifests) {
+        let wait = node.tunnel_state.wait_for(|s| !matches!(s, TunnelState::Connecting));
+        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+            Ok(Ok(state)) => {
+                if let TunnelState::Refused(reason) = &*state {
+                    anyhow::bail!("the relay refused node {}: {reason}", m.name);
+                }
+            }
+            _ => anyhow::bail!("node {}'s tunnel did not come up in 30 s", m.name),
+        }
+    }
+
+    let manifest = Manifest {
+        relay: RelayManifest {
+            domain: DOMAIN.to_string(),
+            smtp: relay.smtp,
+            // The relay's web front comes with issue 4; nothing listens here yet.
+            http: String::new(),
+            dns,
+            tunnel: relay.tunnel,
+            data_dir: relay_dir,
+        },
+        ca_cert,
+        nodes: node_manifests,
+    };
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    let tmp = dir.join("sandbox.json.tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, dir.join("sandbox.json"))?;
+    Ok(Sandbox { manifest, relay, nodes })
+}
+
+/// The sandbox's certificate authority (it signs the nodes' TLS certificates
+/// as the mail-access parts arrive), made once per folder.
+fn write_ca(dir: &Path) -> anyhow::Result<PathBuf> {
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca-key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Own-Mailbox sandbox CA");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, cert.pem())?;
+    }
+    Ok(cert_path)
+}
+
+/// The node's mail-access password, made once.
+fn password(node_dir: &Path) -> anyhow::Result<String> {
+    let path = node_dir.join("password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        return Ok(p.trim().to_string());
+    }
+    let p = hex::encode(rand::random::<[u8; 12]>());
+    omb_shared::pgp::write_private_file(&path, p.as_bytes())?;
+    Ok(p)
+}
