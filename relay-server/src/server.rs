@@ -57,6 +57,7 @@ pub fn tunnel_pin(config: &RelayConfig) -> anyhow::Result<String> {
 /// Binds every listener and starts serving.
 pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let store = open_store(&config).await?;
+    let identity = RelayTlsIdentity::load_or_create(&config.data_dir).context("cannot load or create the tunnel certificate")?;
     let hostname = config.hostname();
     let hub = Arc::new(Hub::new());
     let mut tasks = JoinSet::new();
@@ -106,7 +107,6 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let mx = MxServer::new(acceptor, config.smtp.clone(), hostname, Some(tls));
     tasks.spawn(crate::mx::serve(listener, mx));
 
-    let identity = RelayTlsIdentity::load_or_create(&config.data_dir)?;
     let quic = QuicListener::bind(config.tunnel.listen, &identity).with_context(|| format!("cannot listen for the tunnel on {}", config.tunnel.listen))?;
     let tunnel = quic.local_addr()?;
     let ctx = Arc::new(TunnelContext { store: store.clone(), hub: hub.clone(), window: config.tunnel.window.max(1) });

@@ -197,7 +197,7 @@ impl DecryptionHelper for Helper<'_> {
 /// Writes a file readable by its owner only (0600), durably: a temporary file,
 /// fsync, then rename over the target.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
     {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);

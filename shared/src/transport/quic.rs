@@ -41,20 +41,43 @@ pub struct RelayTlsIdentity {
 }
 
 impl RelayTlsIdentity {
-    /// Loads `tunnel-cert.der`/`tunnel-key.der` from `dir`, creating them if absent.
+    /// Loads `tunnel-identity.bin` from `dir`, creating it if absent. Creation is
+    /// atomic (a hard link that fails if another process won the race), so two
+    /// processes starting at once agree on one certificate.
     pub fn load_or_create(dir: &Path) -> Result<Self, TransportError> {
-        let cert_path = dir.join("tunnel-cert.der");
-        let key_path = dir.join("tunnel-key.der");
-        if let (Ok(cert), Ok(key)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
-            return Ok(RelayTlsIdentity { cert, key });
+        let path = dir.join("tunnel-identity.bin");
+        if let Some(id) = Self::read(&path)? {
+            return Ok(id);
         }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TransportError::Tls(e.to_string()))?;
         let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| TransportError::Tls(e.to_string()))?;
         let cert = params.self_signed(&key).map_err(|e| TransportError::Tls(e.to_string()))?;
         let id = RelayTlsIdentity { cert: cert.der().to_vec(), key: key.serialize_der() };
-        crate::pgp::write_private_file(&key_path, &id.key)?;
-        std::fs::write(&cert_path, &id.cert)?;
-        Ok(id)
+        let mut bytes = (id.cert.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&id.cert);
+        bytes.extend_from_slice(&id.key);
+        let tmp = dir.join(format!("tunnel-identity.{}.tmp", rand::random::<u64>()));
+        crate::pgp::write_private_file(&tmp, &bytes)?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(id),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::read(&path)?.ok_or_else(|| TransportError::Tls("tunnel identity vanished".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read(path: &Path) -> Result<Option<Self>, TransportError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let damaged = || TransportError::Tls(format!("{} is damaged", path.display()));
+        let len = u32::from_be_bytes(bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(damaged)?) as usize;
+        let cert = bytes.get(4..4 + len).ok_or_else(damaged)?.to_vec();
+        let key = bytes.get(4 + len..).ok_or_else(damaged)?.to_vec();
+        Ok(Some(RelayTlsIdentity { cert, key }))
     }
 
     /// The pin a node configures: SHA-256 of the certificate, hex.
