@@ -31,7 +31,9 @@ pub struct RelayLink {
 impl NodeConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the node configuration {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} is not a valid node configuration", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the node configuration {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid node configuration", path.display()))
     }
 }

@@ -53,7 +53,10 @@ enum MailCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -69,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Keys => {
             let keys = Keys::load_or_create(&config.data_dir, &config.address)?;
-            println!("openpgp_fingerprint: {}", omb_shared::pgp::fingerprint(&keys.openpgp));
+            println!(
+                "openpgp_fingerprint: {}",
+                omb_shared::pgp::fingerprint(&keys.openpgp)
+            );
             println!("tunnel_key: {}", keys.tunnel.public());
             Ok(())
         }
@@ -77,19 +83,25 @@ async fn main() -> anyhow::Result<()> {
             let store = MailStore::open(&config.data_dir).await?;
             match command {
                 MailCommand::List { mailbox } => {
-                    println!("{:>6}  {:<29}  {:>8}  {}", "UID", "RECEIVED", "SIZE", "FLAGS");
+                    println!("{:>6}  {:<29}  {:>8}  FLAGS", "UID", "RECEIVED", "SIZE");
                     for m in store.list(&mailbox).await? {
-                        let date = chrono::DateTime::from_timestamp(m.internaldate, 0).map(|d| d.to_rfc2822()).unwrap_or_default();
+                        let date = chrono::DateTime::from_timestamp(m.internaldate, 0)
+                            .map(|d| d.to_rfc2822())
+                            .unwrap_or_default();
                         println!("{:>6}  {:<29}  {:>8}  {}", m.uid, date, m.size, m.flags);
                     }
                 }
                 MailCommand::Show { uid, mailbox, raw } => {
-                    let data = store.raw(&mailbox, uid).await?.with_context(|| format!("no message with UID {uid} in {mailbox}"))?;
+                    let data = store
+                        .raw(&mailbox, uid)
+                        .await?
+                        .with_context(|| format!("no message with UID {uid} in {mailbox}"))?;
                     let out = if raw {
                         data
                     } else {
                         let keys = Keys::load_or_create(&config.data_dir, &config.address)?;
-                        omb_shared::pgp::decrypt_message(&keys.openpgp, &data).context("cannot decrypt the message with this node's key")?
+                        omb_shared::pgp::decrypt_message(&keys.openpgp, &data)
+                            .context("cannot decrypt the message with this node's key")?
                     };
                     std::io::stdout().write_all(&out)?;
                 }

@@ -19,8 +19,11 @@ pub struct RunningNode {
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let keys = Arc::new(Keys::load_or_create(&config.data_dir, &config.address)?);
-    let store = MailStore::open(&config.data_dir).await.context("cannot open the mail store")?;
-    let connector = QuicConnector::new(&config.relay.tunnel, &config.relay.pin).context("cannot set up the tunnel")?;
+    let store = MailStore::open(&config.data_dir)
+        .await
+        .context("cannot open the mail store")?;
+    let connector = QuicConnector::new(&config.relay.tunnel, &config.relay.pin)
+        .context("cannot set up the tunnel")?;
     let (state_tx, state_rx) = watch::channel(TunnelState::Connecting);
     let client = TunnelClient {
         connector,
@@ -32,5 +35,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(client.run());
-    Ok(RunningNode { keys, store, tunnel_state: state_rx, tasks })
+    Ok(RunningNode {
+        keys,
+        store,
+        tunnel_state: state_rx,
+        tasks,
+    })
 }

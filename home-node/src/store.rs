@@ -55,13 +55,19 @@ impl MailStore {
     /// Opens the store in `data_dir` (creating it and its default folders).
     /// WAL with `synchronous=FULL`: a message is on disk when `deliver` returns.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", data_dir.join("mail.db").display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let opts = SqliteConnectOptions::from_str(&format!(
+            "sqlite://{}",
+            data_dir.join("mail.db").display()
+        ))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let store = MailStore { pool };
         store.create_default_mailboxes().await?;
@@ -86,16 +92,26 @@ impl MailStore {
 
     /// Stores a delivery in INBOX unless its id was stored before. `data` must
     /// already be ciphertext.
-    pub async fn deliver(&self, delivery_id: &str, internaldate: i64, size: i64, data: &[u8]) -> Result<Stored, StoreError> {
+    pub async fn deliver(
+        &self,
+        delivery_id: &str,
+        internaldate: i64,
+        size: i64,
+        data: &[u8],
+    ) -> Result<Stored, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1").bind(delivery_id).fetch_optional(&mut *tx).await?;
+        let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1")
+            .bind(delivery_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if seen.is_some() {
             return Ok(Stored::Duplicate);
         }
         let row = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE name = 'INBOX' RETURNING id, uidnext - 1, highestmodseq")
             .fetch_one(&mut *tx)
             .await?;
-        let (mailbox_id, uid, modseq): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (mailbox_id, uid, modseq): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         sqlx::query("INSERT INTO messages (mailbox_id, uid, delivery_id, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7)")
             .bind(mailbox_id)
             .bind(uid)
@@ -111,13 +127,20 @@ impl MailStore {
     }
 
     async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT id FROM mailboxes WHERE name = ?1").bind(name).fetch_optional(&self.pool).await?;
-        Ok(row.ok_or_else(|| StoreError::NoMailbox(name.to_string()))?.try_get(0)?)
+        let row = sqlx::query("SELECT id FROM mailboxes WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .ok_or_else(|| StoreError::NoMailbox(name.to_string()))?
+            .try_get(0)?)
     }
 
     pub async fn mailboxes(&self) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
         let rows = sqlx::query("SELECT name, special_use, (SELECT COUNT(*) FROM messages m WHERE m.mailbox_id = b.id) FROM mailboxes b ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     pub async fn list(&self, mailbox: &str) -> Result<Vec<MessageInfo>, StoreError> {
@@ -140,20 +163,34 @@ impl MailStore {
     /// The stored (encrypted) form of one message.
     pub async fn raw(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let id = self.mailbox_id(mailbox).await?;
-        let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2").bind(id).bind(i64::from(uid)).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
+            .bind(id)
+            .bind(i64::from(uid))
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub async fn count(&self, mailbox: &str) -> Result<i64, StoreError> {
         let id = self.mailbox_id(mailbox).await?;
-        Ok(sqlx::query("SELECT COUNT(*) FROM messages WHERE mailbox_id = ?1").bind(id).fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM messages WHERE mailbox_id = ?1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
     }
 }
 
 /// A UIDVALIDITY (RFC 9051 section 2.3.1.1): seconds since the epoch, so a
 /// re-created folder never reuses an old value.
 fn new_uidvalidity() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(1).clamp(1, u32::MAX as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(1)
+        .clamp(1, u32::MAX as i64)
 }
 
 #[cfg(test)]
@@ -165,10 +202,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("omb-store-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = MailStore::open(&dir).await.unwrap();
-        assert_eq!(store.mailboxes().await.unwrap().len(), DEFAULT_MAILBOXES.len());
-        assert_eq!(store.deliver("q1", 1, 10, b"x").await.unwrap(), Stored::New { uid: 1 });
-        assert_eq!(store.deliver("q2", 2, 10, b"y").await.unwrap(), Stored::New { uid: 2 });
-        assert_eq!(store.deliver("q1", 1, 10, b"x").await.unwrap(), Stored::Duplicate);
+        assert_eq!(
+            store.mailboxes().await.unwrap().len(),
+            DEFAULT_MAILBOXES.len()
+        );
+        assert_eq!(
+            store.deliver("q1", 1, 10, b"x").await.unwrap(),
+            Stored::New { uid: 1 }
+        );
+        assert_eq!(
+            store.deliver("q2", 2, 10, b"y").await.unwrap(),
+            Stored::New { uid: 2 }
+        );
+        assert_eq!(
+            store.deliver("q1", 1, 10, b"x").await.unwrap(),
+            Stored::Duplicate
+        );
         let list = store.list("INBOX").await.unwrap();
         assert_eq!(list.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
         assert!(list[1].modseq > list[0].modseq);

@@ -5,7 +5,9 @@
 use crate::keys::Keys;
 use crate::store::{MailStore, Stored};
 use omb_shared::pgp;
-use omb_shared::protocol::{read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION};
+use omb_shared::protocol::{
+    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION,
+};
 use omb_shared::transport::{Connector, TunnelStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +22,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TunnelState {
     Connecting,
-    Up { account: String },
+    Up {
+        account: String,
+    },
     /// The relay refused this node for good (bad token, unknown key): an
     /// operator has to act.
     Refused(String),
@@ -76,10 +80,24 @@ impl<C: Connector> TunnelClient<C> {
     }
 
     async fn session(&self, stream: TunnelStream) -> SessionEnd {
-        let TunnelStream { mut recv, mut send, binding, peer, handle: _conn } = stream;
+        let TunnelStream {
+            mut recv,
+            mut send,
+            binding,
+            peer,
+            handle: _conn,
+        } = stream;
         let mut dec = FrameDecoder::new();
         let retry = |e: ProtocolError| SessionEnd::Retry(e.to_string());
-        if let Err(e) = write_frame(&mut send, &Frame::Hello { version: PROTOCOL_VERSION, node_key: self.keys.tunnel.public().0 }).await {
+        if let Err(e) = write_frame(
+            &mut send,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                node_key: self.keys.tunnel.public().0,
+            },
+        )
+        .await
+        {
             return retry(e);
         }
         let nonce = match read_frame(&mut recv, &mut dec).await {
@@ -92,8 +110,16 @@ impl<C: Connector> TunnelClient<C> {
         let linking = !self.linked_marker.exists() && self.link_token.is_some();
         let answer = match (&self.link_token, linking) {
             (Some(token), true) => match pgp::public_bytes(&self.keys.openpgp) {
-                Ok(cert) => Frame::Link { token: token.clone(), openpgp_cert: cert, signature },
-                Err(e) => return SessionEnd::Refused(format!("cannot export the OpenPGP certificate: {e}")),
+                Ok(cert) => Frame::Link {
+                    token: token.clone(),
+                    openpgp_cert: cert,
+                    signature,
+                },
+                Err(e) => {
+                    return SessionEnd::Refused(format!(
+                        "cannot export the OpenPGP certificate: {e}"
+                    ))
+                }
             },
             _ => Frame::Auth { signature },
         };
@@ -126,7 +152,9 @@ impl<C: Connector> TunnelClient<C> {
                                 // Test hook: die between the durable store and the ack.
                                 std::process::abort();
                             }
-                            if let Err(e) = write_frame(&mut send, &Frame::Ack { id: id.clone() }).await {
+                            if let Err(e) =
+                                write_frame(&mut send, &Frame::Ack { id: id.clone() }).await
+                            {
                                 return retry(e);
                             }
                             info!(queue_id = %id, ?stored, "delivery stored");
@@ -144,7 +172,9 @@ impl<C: Connector> TunnelClient<C> {
                     }
                 }
                 Ok(Frame::Pong { .. }) => {}
-                Ok(Frame::Refused { reason }) => return SessionEnd::Retry(format!("relay closed the session: {reason}")),
+                Ok(Frame::Refused { reason }) => {
+                    return SessionEnd::Retry(format!("relay closed the session: {reason}"))
+                }
                 Ok(_) => return SessionEnd::Retry("unexpected frame from the relay".into()),
                 Err(e) => return retry(e),
             }
@@ -156,18 +186,22 @@ impl<C: Connector> TunnelClient<C> {
         let keys = self.keys.clone();
         let relay_encrypted = d.relay_encrypted;
         let data = d.data;
-        let (stored_form, size) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, i64)> {
-            if relay_encrypted {
-                // Decrypt once to learn the size (and to know it is readable).
-                let plain = pgp::decrypt_message(&keys.openpgp, &data)?;
-                Ok((data, plain.len() as i64))
-            } else {
-                // Encrypted by its sender: wrap it to our own key for rest.
-                let size = data.len() as i64;
-                Ok((pgp::encrypt_whole_message(&keys.openpgp, &data)?, size))
-            }
-        })
-        .await??;
-        Ok(self.store.deliver(&d.id, d.received_at, size, &stored_form).await?)
+        let (stored_form, size) =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, i64)> {
+                if relay_encrypted {
+                    // Decrypt once to learn the size (and to know it is readable).
+                    let plain = pgp::decrypt_message(&keys.openpgp, &data)?;
+                    Ok((data, plain.len() as i64))
+                } else {
+                    // Encrypted by its sender: wrap it to our own key for rest.
+                    let size = data.len() as i64;
+                    Ok((pgp::encrypt_whole_message(&keys.openpgp, &data)?, size))
+                }
+            })
+            .await??;
+        Ok(self
+            .store
+            .deliver(&d.id, d.received_at, size, &stored_form)
+            .await?)
     }
 }

@@ -77,7 +77,10 @@ pub struct TunnelConfig {
 
 impl Default for TunnelConfig {
     fn default() -> Self {
-        TunnelConfig { listen: SocketAddr::from(([0, 0, 0, 0], 4433)), window: 32 }
+        TunnelConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            window: 32,
+        }
     }
 }
 
@@ -94,7 +97,11 @@ pub struct DnsConfig {
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { listen: None, resolver: SocketAddr::from(([127, 0, 0, 1], 53)), addresses: vec![] }
+        DnsConfig {
+            listen: None,
+            resolver: SocketAddr::from(([127, 0, 0, 1], 53)),
+            addresses: vec![],
+        }
     }
 }
 
@@ -107,7 +114,9 @@ pub struct AccountsConfig {
 
 impl Default for AccountsConfig {
     fn default() -> Self {
-        AccountsConfig { quota_bytes: 1024 * 1024 * 1024 }
+        AccountsConfig {
+            quota_bytes: 1024 * 1024 * 1024,
+        }
     }
 }
 
@@ -118,19 +127,26 @@ fn default_database() -> String {
 impl RelayConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the relay configuration {}", path.display()))?;
-        let config: RelayConfig = toml::from_str(&text).with_context(|| format!("{} is not a valid relay configuration", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the relay configuration {}", path.display()))?;
+        let config: RelayConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid relay configuration", path.display()))?;
         Ok(config)
     }
 
     pub fn hostname(&self) -> String {
-        self.hostname.clone().unwrap_or_else(|| format!("mx.{}", self.domain))
+        self.hostname
+            .clone()
+            .unwrap_or_else(|| format!("mx.{}", self.domain))
     }
 
     /// The database URL sqlx opens.
     pub fn database_url(&self) -> String {
         if self.database == "sqlite" {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("relay.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("relay.db").display()
+            )
         } else {
             self.database.clone()
         }

@@ -6,7 +6,10 @@ use omb_relay::config::RelayConfig;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "omb-relay", about = "The Own-Mailbox relay: MX, encrypting spool and tunnel to home nodes")]
+#[command(
+    name = "omb-relay",
+    about = "The Own-Mailbox relay: MX, encrypting spool and tunnel to home nodes"
+)]
 struct Cli {
     /// The relay's configuration file (see ops/relay.example.toml).
     #[arg(long, short, default_value = "/etc/omb/relay.toml")]
@@ -39,7 +42,10 @@ enum AccountCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -57,10 +63,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Account { command } => {
             let store = omb_relay::server::open_store(&config).await?;
             let handle = match &command {
-                AccountCommand::Add { handle } | AccountCommand::LinkToken { handle } => handle.to_lowercase(),
+                AccountCommand::Add { handle } | AccountCommand::LinkToken { handle } => {
+                    handle.to_lowercase()
+                }
             };
             if let AccountCommand::Add { .. } = command {
-                store.create_account(&handle, &config.domain, config.accounts.quota_bytes).await.context("cannot create the account")?;
+                store
+                    .create_account(&handle, &config.domain, config.accounts.quota_bytes)
+                    .await
+                    .context("cannot create the account")?;
             }
             let token = store.create_link_token(&handle).await?;
             println!("account: {handle}@{}", config.domain);

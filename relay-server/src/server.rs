@@ -37,8 +37,18 @@ impl RunningRelay {
 
 /// Opens the relay's store (creating it on first start).
 pub async fn open_store(config: &RelayConfig) -> anyhow::Result<Store> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
-    Store::open(&config.database_url()).await.with_context(|| format!("cannot open the relay database {}", redact(&config.database)))
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data folder {}",
+            config.data_dir.display()
+        )
+    })?;
+    Store::open(&config.database_url()).await.with_context(|| {
+        format!(
+            "cannot open the relay database {}",
+            redact(&config.database)
+        )
+    })
 }
 
 fn redact(url: &str) -> String {
@@ -57,7 +67,8 @@ pub fn tunnel_pin(config: &RelayConfig) -> anyhow::Result<String> {
 /// Binds every listener and starts serving.
 pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let store = open_store(&config).await?;
-    let identity = RelayTlsIdentity::load_or_create(&config.data_dir).context("cannot load or create the tunnel certificate")?;
+    let identity = RelayTlsIdentity::load_or_create(&config.data_dir)
+        .context("cannot load or create the tunnel certificate")?;
     let hostname = config.hostname();
     let hub = Arc::new(Hub::new());
     let mut tasks = JoinSet::new();
@@ -65,9 +76,31 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     // DNS first: the authenticator may ask it.
     let dns = match config.dns.listen {
         Some(addr) => {
-            let addresses = if config.dns.addresses.is_empty() { vec![IpAddr::V4(Ipv4Addr::LOCALHOST)] } else { config.dns.addresses.clone() };
-            let ipv4: Vec<_> = addresses.iter().filter_map(|a| if let IpAddr::V4(v) = a { Some(*v) } else { None }).collect();
-            let ipv6: Vec<_> = addresses.iter().filter_map(|a| if let IpAddr::V6(v) = a { Some(*v) } else { None }).collect();
+            let addresses = if config.dns.addresses.is_empty() {
+                vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+            } else {
+                config.dns.addresses.clone()
+            };
+            let ipv4: Vec<_> = addresses
+                .iter()
+                .filter_map(|a| {
+                    if let IpAddr::V4(v) = a {
+                        Some(*v)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let ipv6: Vec<_> = addresses
+                .iter()
+                .filter_map(|a| {
+                    if let IpAddr::V6(v) = a {
+                        Some(*v)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             let mut spf = "v=spf1".to_string();
             for a in &ipv4 {
                 spf.push_str(&format!(" ip4:{a}"));
@@ -86,7 +119,9 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 extra_hosts: vec![],
             })
             .context("cannot build the relay's DNS zone")?;
-            let server = DnsServer::bind(addr, Arc::new(zone)).await.with_context(|| format!("cannot listen for DNS on {addr}"))?;
+            let server = DnsServer::bind(addr, Arc::new(zone))
+                .await
+                .with_context(|| format!("cannot listen for DNS on {addr}"))?;
             let local = server.local_addr();
             tasks.spawn(server.run());
             Some(local)
@@ -98,21 +133,42 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         (Some(l), Some(d)) if l.port() == 0 && config.dns.resolver == l => d,
         _ => config.dns.resolver,
     };
-    let auth = Authenticator::new(resolver, &hostname).context("cannot set up SPF/DKIM/DMARC checks")?;
+    let auth =
+        Authenticator::new(resolver, &hostname).context("cannot set up SPF/DKIM/DMARC checks")?;
 
-    let acceptor = Arc::new(Acceptor { store: store.clone(), auth, hub: hub.clone(), hostname: hostname.clone() });
+    let acceptor = Arc::new(Acceptor {
+        store: store.clone(),
+        auth,
+        hub: hub.clone(),
+        hostname: hostname.clone(),
+    });
     let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
-    let listener = tokio::net::TcpListener::bind(config.smtp.listen).await.with_context(|| format!("cannot listen for SMTP on {}", config.smtp.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.smtp.listen)
+        .await
+        .with_context(|| format!("cannot listen for SMTP on {}", config.smtp.listen))?;
     let smtp = listener.local_addr()?;
     let mx = MxServer::new(acceptor, config.smtp.clone(), hostname, Some(tls));
     tasks.spawn(crate::mx::serve(listener, mx));
 
-    let quic = QuicListener::bind(config.tunnel.listen, &identity).with_context(|| format!("cannot listen for the tunnel on {}", config.tunnel.listen))?;
+    let quic = QuicListener::bind(config.tunnel.listen, &identity)
+        .with_context(|| format!("cannot listen for the tunnel on {}", config.tunnel.listen))?;
     let tunnel = quic.local_addr()?;
-    let ctx = Arc::new(TunnelContext { store: store.clone(), hub: hub.clone(), window: config.tunnel.window.max(1) });
+    let ctx = Arc::new(TunnelContext {
+        store: store.clone(),
+        hub: hub.clone(),
+        window: config.tunnel.window.max(1),
+    });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
 
-    Ok(RunningRelay { smtp, tunnel, dns, tunnel_pin: identity.pin(), store, hub, tasks })
+    Ok(RunningRelay {
+        smtp,
+        tunnel,
+        dns,
+        tunnel_pin: identity.pin(),
+        store,
+        hub,
+        tasks,
+    })
 }
 
 /// The MX's TLS: the configured PEM files, or a self-signed pair made once in
@@ -125,7 +181,8 @@ fn mx_tls(config: &RelayConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
             let k = config.data_dir.join("mx-key.pem");
             if !c.exists() || !k.exists() {
                 let key = rcgen::KeyPair::generate()?;
-                let cert = rcgen::CertificateParams::new(vec![hostname.to_string()])?.self_signed(&key)?;
+                let cert =
+                    rcgen::CertificateParams::new(vec![hostname.to_string()])?.self_signed(&key)?;
                 omb_shared::pgp::write_private_file(&k, key.serialize_pem().as_bytes())?;
                 std::fs::write(&c, cert.pem())?;
             }
@@ -133,16 +190,22 @@ fn mx_tls(config: &RelayConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
         }
     };
     let certs = load_certs(&cert_path)?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(&key_path)?))?
-        .with_context(|| format!("no private key in {}", key_path.display()))?;
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(
+        &key_path,
+    )?))?
+    .with_context(|| format!("no private key in {}", key_path.display()))?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(tls)))
 }
 
 fn load_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+    );
     Ok(rustls_pemfile::certs(&mut reader).collect::<Result<Vec<_>, _>>()?)
 }

@@ -57,7 +57,10 @@ pub struct Store {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn token_hash(token: &str) -> String {
@@ -97,9 +100,17 @@ impl Store {
     // ---- accounts -------------------------------------------------------------
 
     /// Creates an account with its primary address `handle@domain`.
-    pub async fn create_account(&self, handle: &str, domain: &str, quota_bytes: i64) -> Result<(), StoreError> {
+    pub async fn create_account(
+        &self,
+        handle: &str,
+        domain: &str,
+        quota_bytes: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1").bind(handle).fetch_optional(&mut *tx).await?;
+        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1")
+            .bind(handle)
+            .fetch_optional(&mut *tx)
+            .await?;
         if exists.is_some() {
             return Err(StoreError::AccountExists(handle.to_string()));
         }
@@ -120,7 +131,10 @@ impl Store {
 
     /// Issues a new one-time link token for an account. Only its hash is stored.
     pub async fn create_link_token(&self, handle: &str) -> Result<String, StoreError> {
-        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1").bind(handle).fetch_optional(&self.pool).await?;
+        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1")
+            .bind(handle)
+            .fetch_optional(&self.pool)
+            .await?;
         if exists.is_none() {
             return Err(StoreError::NoAccount(handle.to_string()));
         }
@@ -137,26 +151,44 @@ impl Store {
     /// Spends a link token: binds `node_key` and its certificate to the token's
     /// account, replacing any node linked before. Refused when the token is
     /// unknown or used, or when the key already belongs to another account.
-    pub async fn link_node(&self, token: &str, node_key: &NodeKey, cert: &[u8], fingerprint: &str) -> Result<Result<String, LinkRefusal>, StoreError> {
+    pub async fn link_node(
+        &self,
+        token: &str,
+        node_key: &NodeKey,
+        cert: &[u8],
+        fingerprint: &str,
+    ) -> Result<Result<String, LinkRefusal>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Marking the token used first makes two racing links see one winner.
-        let spent = sqlx::query("UPDATE link_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
-            .bind(now())
-            .bind(token_hash(token))
-            .execute(&mut *tx)
-            .await?;
+        let spent = sqlx::query(
+            "UPDATE link_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+        )
+        .bind(now())
+        .bind(token_hash(token))
+        .execute(&mut *tx)
+        .await?;
         if spent.rows_affected() != 1 {
             return Ok(Err(LinkRefusal::BadToken));
         }
-        let handle: String = sqlx::query("SELECT handle FROM link_tokens WHERE token_hash = $1").bind(token_hash(token)).fetch_one(&mut *tx).await?.try_get(0)?;
-        let owner = sqlx::query("SELECT handle FROM nodes WHERE node_key = $1").bind(node_key.to_hex()).fetch_optional(&mut *tx).await?;
+        let handle: String = sqlx::query("SELECT handle FROM link_tokens WHERE token_hash = $1")
+            .bind(token_hash(token))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let owner = sqlx::query("SELECT handle FROM nodes WHERE node_key = $1")
+            .bind(node_key.to_hex())
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(row) = owner {
             let owner: String = row.try_get(0)?;
             if owner != handle {
                 return Ok(Err(LinkRefusal::KeyTaken));
             }
         }
-        sqlx::query("DELETE FROM nodes WHERE handle = $1").bind(&handle).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM nodes WHERE handle = $1")
+            .bind(&handle)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO nodes (node_key, handle, openpgp_cert, fingerprint, linked_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(node_key.to_hex())
             .bind(&handle)
@@ -171,13 +203,21 @@ impl Store {
 
     /// The account a node key is linked to.
     pub async fn node_account(&self, node_key: &NodeKey) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT handle FROM nodes WHERE node_key = $1").bind(node_key.to_hex()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT handle FROM nodes WHERE node_key = $1")
+            .bind(node_key.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub async fn addresses(&self, handle: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT address FROM addresses WHERE handle = $1 ORDER BY address").bind(handle).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| r.try_get(0).map_err(StoreError::from)).collect()
+        let rows = sqlx::query("SELECT address FROM addresses WHERE handle = $1 ORDER BY address")
+            .bind(handle)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(StoreError::from))
+            .collect()
     }
 
     /// Looks up a recipient address (any case).
@@ -191,16 +231,26 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(Recipient { handle: row.try_get(0)?, cert: row.try_get(1)?, quota_bytes: row.try_get(2)? }))
+        Ok(Some(Recipient {
+            handle: row.try_get(0)?,
+            cert: row.try_get(1)?,
+            quota_bytes: row.try_get(2)?,
+        }))
     }
 
     // ---- spool ----------------------------------------------------------------
 
     /// Bytes waiting in the spool for an account.
     pub async fn spool_usage(&self, handle: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COALESCE(SUM(size), 0) FROM spool WHERE handle = $1").bind(handle).fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COALESCE(SUM(size), 0) FROM spool WHERE handle = $1")
+            .bind(handle)
+            .fetch_one(&self.pool)
+            .await?;
         // SUM is BIGINT on SQLite and NUMERIC on PostgreSQL; read either.
-        Ok(row.try_get::<i64, _>(0).or_else(|_| row.try_get::<f64, _>(0).map(|f| f as i64)).or_else(|_| row.try_get::<String, _>(0).map(|s| s.parse().unwrap_or(0)))?)
+        Ok(row
+            .try_get::<i64, _>(0)
+            .or_else(|_| row.try_get::<f64, _>(0).map(|f| f as i64))
+            .or_else(|_| row.try_get::<String, _>(0).map(|s| s.parse().unwrap_or(0)))?)
     }
 
     /// Writes messages to the spool in one transaction; when this returns `Ok`
@@ -225,7 +275,12 @@ impl Store {
     }
 
     /// The oldest messages waiting for `handle`, skipping the ids in `skip`.
-    pub async fn spool_pending(&self, handle: &str, skip: &std::collections::HashSet<String>, limit: usize) -> Result<Vec<SpoolEntry>, StoreError> {
+    pub async fn spool_pending(
+        &self,
+        handle: &str,
+        skip: &std::collections::HashSet<String>,
+        limit: usize,
+    ) -> Result<Vec<SpoolEntry>, StoreError> {
         let rows = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data FROM spool WHERE handle = $1 ORDER BY id LIMIT $2")
             .bind(handle)
             .bind((limit + skip.len()) as i64)
@@ -247,12 +302,19 @@ impl Store {
 
     /// Removes a delivered message; only the owning account's node can do so.
     pub async fn spool_delete(&self, handle: &str, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2").bind(id).bind(handle).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2")
+            .bind(id)
+            .bind(handle)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn spool_count(&self, handle: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM spool WHERE handle = $1").bind(handle).fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM spool WHERE handle = $1")
+            .bind(handle)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get(0)?)
     }
 }
@@ -263,7 +325,11 @@ fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {
         id: QueueId(id),
         handle: row.try_get(1)?,
         mail_from: row.try_get(2)?,
-        rcpt_to: rcpt.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        rcpt_to: rcpt
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         received_at: row.try_get(4)?,
         relay_encrypted: row.try_get::<i64, _>(5)? != 0,
         data: row.try_get(6)?,

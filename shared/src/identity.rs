@@ -12,7 +12,10 @@ const AUTH_CONTEXT: &[u8] = b"omb-tunnel-auth-v1\0";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot read or write the tunnel identity at {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the tunnel identity file {0} is damaged (expected 64 hex digits)")]
     Damaged(String),
 }
@@ -23,21 +26,32 @@ pub struct Identity {
 
 impl Identity {
     pub fn generate() -> Self {
-        Identity { key: SigningKey::generate(&mut rand::rngs::OsRng) }
+        Identity {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
     }
 
     /// Loads the identity from `path`, creating it (mode 0600) on first start.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
-        let io = |source| IdentityError::Io { path: path.display().to_string(), source };
+        let io = |source| IdentityError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let bytes = hex::decode(text.trim()).map_err(|_| IdentityError::Damaged(path.display().to_string()))?;
-                let seed: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::Damaged(path.display().to_string()))?;
-                Ok(Identity { key: SigningKey::from_bytes(&seed) })
+                let bytes = hex::decode(text.trim())
+                    .map_err(|_| IdentityError::Damaged(path.display().to_string()))?;
+                let seed: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| IdentityError::Damaged(path.display().to_string()))?;
+                Ok(Identity {
+                    key: SigningKey::from_bytes(&seed),
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = Identity::generate();
-                crate::pgp::write_private_file(path, hex::encode(id.key.to_bytes()).as_bytes()).map_err(io)?;
+                crate::pgp::write_private_file(path, hex::encode(id.key.to_bytes()).as_bytes())
+                    .map_err(io)?;
                 Ok(id)
             }
             Err(e) => Err(io(e)),
@@ -50,7 +64,10 @@ impl Identity {
 
     /// Signs a relay challenge for this connection.
     pub fn sign_challenge(&self, nonce: &[u8; 32], binding: &[u8]) -> Vec<u8> {
-        self.key.sign(&challenge_message(&self.public(), nonce, binding)).to_bytes().to_vec()
+        self.key
+            .sign(&challenge_message(&self.public(), nonce, binding))
+            .to_bytes()
+            .to_vec()
     }
 }
 
@@ -65,9 +82,14 @@ fn challenge_message(key: &NodeKey, nonce: &[u8; 32], binding: &[u8]) -> Vec<u8>
 
 /// Checks a node's answer to a challenge.
 pub fn verify_challenge(key: &NodeKey, nonce: &[u8; 32], binding: &[u8], signature: &[u8]) -> bool {
-    let Ok(vk) = VerifyingKey::from_bytes(&key.0) else { return false };
-    let Ok(sig) = Signature::from_slice(signature) else { return false };
-    vk.verify(&challenge_message(key, nonce, binding), &sig).is_ok()
+    let Ok(vk) = VerifyingKey::from_bytes(&key.0) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(signature) else {
+        return false;
+    };
+    vk.verify(&challenge_message(key, nonce, binding), &sig)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -82,7 +104,12 @@ mod tests {
         assert!(verify_challenge(&id.public(), &nonce, b"chan-a", &sig));
         assert!(!verify_challenge(&id.public(), &nonce, b"chan-b", &sig));
         assert!(!verify_challenge(&id.public(), &[8u8; 32], b"chan-a", &sig));
-        assert!(!verify_challenge(&Identity::generate().public(), &nonce, b"chan-a", &sig));
+        assert!(!verify_challenge(
+            &Identity::generate().public(),
+            &nonce,
+            b"chan-a",
+            &sig
+        ));
         assert!(!verify_challenge(&id.public(), &nonce, b"chan-a", b"short"));
     }
 

@@ -5,7 +5,11 @@
 pub fn header_block(message: &[u8]) -> &[u8] {
     let mut i = 0;
     while i < message.len() {
-        let line_end = message[i..].iter().position(|&b| b == b'\n').map(|p| i + p + 1).unwrap_or(message.len());
+        let line_end = message[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| i + p + 1)
+            .unwrap_or(message.len());
         let line = &message[i..line_end];
         if line == b"\r\n" || line == b"\n" {
             return &message[..i];
@@ -45,7 +49,10 @@ pub fn header_value(message: &[u8], name: &str) -> Option<String> {
 pub fn is_encrypted(message: &[u8]) -> bool {
     if let Some(ct) = header_value(message, "Content-Type") {
         let ct = ct.to_ascii_lowercase();
-        if ct.starts_with("multipart/encrypted") || ct.starts_with("application/pkcs7-mime") || ct.starts_with("application/x-pkcs7-mime") {
+        if ct.starts_with("multipart/encrypted")
+            || ct.starts_with("application/pkcs7-mime")
+            || ct.starts_with("application/x-pkcs7-mime")
+        {
             return true;
         }
         if !ct.starts_with("text/plain") {
@@ -53,7 +60,10 @@ pub fn is_encrypted(message: &[u8]) -> bool {
         }
     }
     let body = &message[header_block(message).len()..];
-    let body = body.strip_prefix(b"\r\n").or_else(|| body.strip_prefix(b"\n")).unwrap_or(body);
+    let body = body
+        .strip_prefix(b"\r\n")
+        .or_else(|| body.strip_prefix(b"\n"))
+        .unwrap_or(body);
     body.starts_with(b"-----BEGIN PGP MESSAGE-----")
 }
 
@@ -64,10 +74,17 @@ mod tests {
     #[test]
     fn reads_folded_headers() {
         let m = b"Subject: hi\r\nContent-Type: multipart/encrypted;\r\n\tprotocol=\"application/pgp-encrypted\"\r\n\r\nbody\r\n";
-        assert_eq!(header_value(m, "content-type").unwrap(), "multipart/encrypted; protocol=\"application/pgp-encrypted\"");
+        assert_eq!(
+            header_value(m, "content-type").unwrap(),
+            "multipart/encrypted; protocol=\"application/pgp-encrypted\""
+        );
         assert!(is_encrypted(m));
         assert!(!is_encrypted(b"Subject: x\r\n\r\nhello\r\n"));
-        assert!(is_encrypted(b"Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n...\r\n"));
-        assert!(!is_encrypted(b"Content-Type: text/html\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n"));
+        assert!(is_encrypted(
+            b"Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n...\r\n"
+        ));
+        assert!(!is_encrypted(
+            b"Content-Type: text/html\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n"
+        ));
     }
 }

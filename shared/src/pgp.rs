@@ -2,16 +2,18 @@
 //! PGP/MIME (RFC 3156) and its reversal.
 
 use crate::types::Fingerprint;
-use sequoia_openpgp as openpgp;
 use openpgp::cert::prelude::*;
 use openpgp::crypto::SessionKey;
 use openpgp::packet::{PKESK, SKESK};
-use openpgp::parse::stream::{DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper};
+use openpgp::parse::stream::{
+    DecryptionHelper, DecryptorBuilder, MessageStructure, VerificationHelper,
+};
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message};
 use openpgp::serialize::{Serialize as _, SerializeInto as _};
 use openpgp::types::{KeyFlags, SymmetricAlgorithm};
+use sequoia_openpgp as openpgp;
 use std::io::Write;
 use std::path::Path;
 
@@ -35,7 +37,13 @@ pub fn generate_cert(userids: &[String]) -> Result<Cert, PgpError> {
         .set_cipher_suite(CipherSuite::Cv25519)
         .set_primary_key_flags(KeyFlags::empty().set_certification())
         .add_signing_subkey()
-        .add_subkey(KeyFlags::empty().set_transport_encryption().set_storage_encryption(), None, None);
+        .add_subkey(
+            KeyFlags::empty()
+                .set_transport_encryption()
+                .set_storage_encryption(),
+            None,
+            None,
+        );
     for u in userids {
         builder = builder.add_userid(u.as_str());
     }
@@ -64,13 +72,27 @@ pub fn parse_cert(bytes: &[u8]) -> Result<Cert, PgpError> {
 /// Checks that a certificate can receive encrypted mail under the standard policy.
 pub fn can_encrypt_to(cert: &Cert) -> bool {
     let p = StandardPolicy::new();
-    cert.keys().with_policy(&p, None).supported().alive().revoked(false).for_transport_encryption().next().is_some()
+    cert.keys()
+        .with_policy(&p, None)
+        .supported()
+        .alive()
+        .revoked(false)
+        .for_transport_encryption()
+        .next()
+        .is_some()
 }
 
 /// Encrypts `data` to `cert`, ASCII-armoured with CRLF line ends.
 pub fn encrypt_armored(cert: &Cert, data: &[u8]) -> Result<Vec<u8>, PgpError> {
     let p = StandardPolicy::new();
-    let recipients: Vec<_> = cert.keys().with_policy(&p, None).supported().alive().revoked(false).for_transport_encryption().collect();
+    let recipients: Vec<_> = cert
+        .keys()
+        .with_policy(&p, None)
+        .supported()
+        .alive()
+        .revoked(false)
+        .for_transport_encryption()
+        .collect();
     if recipients.is_empty() {
         return Err(PgpError::NoEncryptionKey);
     }
@@ -104,7 +126,11 @@ fn to_crlf(text: &[u8]) -> Vec<u8> {
 /// original: no From, To, Subject or Date; only the envelope, kept apart, is clear.
 pub fn encrypt_whole_message(cert: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> {
     let armored = encrypt_armored(cert, message)?;
-    let boundary = format!("omb-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+    let boundary = format!(
+        "omb-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
     let mut out = Vec::with_capacity(armored.len() + 512);
     write!(
         out,
@@ -140,7 +166,9 @@ pub fn decrypt_message(key: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> 
     const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
     let start = find(message, BEGIN).ok_or(PgpError::NotEncrypted)?;
-    let end = find(&message[start..], END).map(|e| start + e + END.len()).ok_or(PgpError::NotEncrypted)?;
+    let end = find(&message[start..], END)
+        .map(|e| start + e + END.len())
+        .ok_or(PgpError::NotEncrypted)?;
     decrypt_bytes(key, &message[start..end])
 }
 
@@ -180,7 +208,14 @@ impl DecryptionHelper for Helper<'_> {
         sym_algo: Option<SymmetricAlgorithm>,
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
-        for ka in self.key.keys().unencrypted_secret().with_policy(self.policy, None).for_transport_encryption().for_storage_encryption() {
+        for ka in self
+            .key
+            .keys()
+            .unencrypted_secret()
+            .with_policy(self.policy, None)
+            .for_transport_encryption()
+            .for_storage_encryption()
+        {
             let mut pair = ka.key().clone().into_keypair()?;
             for pkesk in pkesks {
                 if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
@@ -190,7 +225,9 @@ impl DecryptionHelper for Helper<'_> {
                 }
             }
         }
-        Err(openpgp::anyhow::anyhow!("no secret key of this node decrypts the message"))
+        Err(openpgp::anyhow::anyhow!(
+            "no secret key of this node decrypts the message"
+        ))
     }
 }
 

@@ -31,24 +31,46 @@ pub const MAX_FRAME_LEN: usize = 96 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     /// The node's opening: its protocol version and tunnel public key.
-    Hello { version: u16, node_key: [u8; 32] },
+    Hello {
+        version: u16,
+        node_key: [u8; 32],
+    },
     /// The relay's fresh nonce, to be signed with the channel binding.
-    Challenge { nonce: [u8; 32] },
+    Challenge {
+        nonce: [u8; 32],
+    },
     /// First connection: a one-time link token, the node's public OpenPGP
     /// certificate (binary), and the challenge signature.
-    Link { token: String, openpgp_cert: Vec<u8>, signature: Vec<u8> },
+    Link {
+        token: String,
+        openpgp_cert: Vec<u8>,
+        signature: Vec<u8>,
+    },
     /// Later connections: the challenge signature by the registered key.
-    Auth { signature: Vec<u8> },
+    Auth {
+        signature: Vec<u8>,
+    },
     /// The session is up.
-    Welcome { account: String, addresses: Vec<String> },
+    Welcome {
+        account: String,
+        addresses: Vec<String>,
+    },
     /// The session is refused; the connection closes after this frame.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// One message for the node.
     Deliver(Delivery),
     /// The node has stored the message with this id durably (or had it already).
-    Ack { id: String },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
+    Ack {
+        id: String,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,14 +157,20 @@ impl FrameDecoder {
         let (frame, rest) = postcard::take_from_bytes::<Frame>(&payload[2..])
             .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(ProtocolError::Malformed(format!("{} trailing bytes", rest.len())));
+            return Err(ProtocolError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
         }
         Ok(Some(frame))
     }
 }
 
 /// Reads one frame; `Err(Closed)` on a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, dec: &mut FrameDecoder) -> Result<Frame, ProtocolError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    dec: &mut FrameDecoder,
+) -> Result<Frame, ProtocolError> {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         if let Some(frame) = dec.next_frame()? {
@@ -156,7 +184,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, dec: &mut FrameDecoder)
     }
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), ProtocolError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+) -> Result<(), ProtocolError> {
     let bytes = encode(frame)?;
     w.write_all(&bytes).await?;
     w.flush().await?;
@@ -169,9 +200,16 @@ mod tests {
 
     fn sample() -> Vec<Frame> {
         vec![
-            Frame::Hello { version: 1, node_key: [3; 32] },
+            Frame::Hello {
+                version: 1,
+                node_key: [3; 32],
+            },
             Frame::Challenge { nonce: [9; 32] },
-            Frame::Link { token: "tok".into(), openpgp_cert: vec![1, 2, 3], signature: vec![4; 64] },
+            Frame::Link {
+                token: "tok".into(),
+                openpgp_cert: vec![1, 2, 3],
+                signature: vec![4; 64],
+            },
             Frame::Deliver(Delivery {
                 id: "abc".into(),
                 mail_from: "a@b.test".into(),

@@ -37,11 +37,20 @@ impl Address {
             return Err(AddressError::Empty);
         }
         for c in local.chars().chain(domain.chars()) {
-            if c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\\' | '@' | ',' | ';' | ':' | '[' | ']' | '(' | ')') {
+            if c.is_control()
+                || c.is_whitespace()
+                || matches!(
+                    c,
+                    '<' | '>' | '"' | '\\' | '@' | ',' | ';' | ':' | '[' | ']' | '(' | ')'
+                )
+            {
                 return Err(AddressError::BadChar(c));
             }
         }
-        Ok(Address(format!("{local}@{}", domain.to_ascii_lowercase().trim_end_matches('.'))))
+        Ok(Address(format!(
+            "{local}@{}",
+            domain.to_ascii_lowercase().trim_end_matches('.')
+        )))
     }
 
     /// The lookup key: the whole address in lower case.

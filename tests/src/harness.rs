@@ -13,12 +13,19 @@ use std::time::{Duration, Instant};
 /// A workspace binary next to the running test's own executable.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let mut dir = exe.parent().expect("test executable has a folder").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a folder")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
     path
 }
 
@@ -30,7 +37,12 @@ pub fn in_ci() -> bool {
 /// Checks that an external tool is installed. In CI a missing tool fails the
 /// test; elsewhere the test is skipped with the reason printed.
 pub fn have_tool(tool: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !found {
         assert!(!in_ci(), "{tool} is required in CI but not installed");
         eprintln!("SKIPPED: {tool} is not installed (scripts/test installs it as root)");
@@ -39,7 +51,11 @@ pub fn have_tool(tool: &str) -> bool {
 }
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// A free loopback TCP port (also free for UDP at the time of asking).
@@ -58,7 +74,10 @@ pub struct TestDir(pub PathBuf);
 
 impl TestDir {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("omb-test-{name}-{}", hex::encode(rand::random::<[u8; 4]>())));
+        let dir = std::env::temp_dir().join(format!(
+            "omb-test-{name}-{}",
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
         std::fs::create_dir_all(&dir).expect("create test folder");
         TestDir(dir)
     }
@@ -76,15 +95,26 @@ impl Drop for TestDir {
 }
 
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
-    cmd.stdout(Stdio::null()).stderr(file).env("OMB_LOG", "info,omb_relay=debug,omb_node=debug").spawn().expect("spawn")
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    cmd.stdout(Stdio::null())
+        .stderr(file)
+        .env("OMB_LOG", "info,omb_relay=debug,omb_node=debug")
+        .spawn()
+        .expect("spawn")
 }
 
 /// Waits until `f` is true, or panics with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -119,19 +149,36 @@ impl Relay {
             ),
         )
         .expect("write relay config");
-        Relay { log: dir.join("relay.log"), dir: data, config, smtp, tunnel, dns, child: None }
+        Relay {
+            log: dir.join("relay.log"),
+            dir: data,
+            config,
+            smtp,
+            tunnel,
+            dns,
+            child: None,
+        }
     }
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "relay already running");
-        let child = spawn_logged(Command::new(bin("omb-relay")).arg("-c").arg(&self.config).arg("serve"), &self.log);
+        let child = spawn_logged(
+            Command::new(bin("omb-relay"))
+                .arg("-c")
+                .arg(&self.config)
+                .arg("serve"),
+            &self.log,
+        );
         self.child = Some(child);
         let smtp = self.smtp;
         let log = self.log.clone();
         wait_until(Duration::from_secs(30), "the relay to listen", || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("omb-relay exited with {status}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                    panic!(
+                        "omb-relay exited with {status}:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                 }
             }
             std::net::TcpStream::connect(smtp).is_ok()
@@ -147,8 +194,17 @@ impl Relay {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(bin("omb-relay")).arg("-c").arg(&self.config).args(args).output().expect("run omb-relay");
-        assert!(out.status.success(), "omb-relay {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin("omb-relay"))
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run omb-relay");
+        assert!(
+            out.status.success(),
+            "omb-relay {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -179,7 +235,8 @@ impl Drop for Relay {
 }
 
 fn field(text: &str, name: &str) -> Option<String> {
-    text.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
 }
 
 pub struct Node {
@@ -195,17 +252,30 @@ impl Node {
         Self::with_tunnel(dir, &relay.tunnel.to_string(), &relay.pin(), handle, token)
     }
 
-    pub fn with_tunnel(dir: &Path, tunnel: &str, pin: &str, handle: &str, token: Option<&str>) -> Self {
+    pub fn with_tunnel(
+        dir: &Path,
+        tunnel: &str,
+        pin: &str,
+        handle: &str,
+        token: Option<&str>,
+    ) -> Self {
         let data = dir.join("nodes").join(handle);
         std::fs::create_dir_all(&data).expect("node folder");
         let config = dir.join(format!("{handle}.toml"));
-        let token = token.map(|t| format!("link_token = \"{t}\"\n")).unwrap_or_default();
+        let token = token
+            .map(|t| format!("link_token = \"{t}\"\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!("address = \"{handle}@sandbox.test\"\ndata_dir = \"{}\"\n\n[relay]\ntunnel = \"{tunnel}\"\npin = \"{pin}\"\n{token}", data.display()),
         )
         .expect("write node config");
-        Node { log: dir.join(format!("{handle}.log")), dir: data, config, child: None }
+        Node {
+            log: dir.join(format!("{handle}.log")),
+            dir: data,
+            config,
+            child: None,
+        }
     }
 
     pub fn start(&mut self) {
@@ -226,7 +296,11 @@ impl Node {
     pub fn start_wrapped(&mut self, prefix: &[&str]) {
         assert!(self.child.is_none(), "node already running");
         let mut cmd = Command::new(prefix[0]);
-        cmd.args(&prefix[1..]).arg(bin("omb-node")).arg("-c").arg(&self.config).arg("run");
+        cmd.args(&prefix[1..])
+            .arg(bin("omb-node"))
+            .arg("-c")
+            .arg(&self.config)
+            .arg("run");
         self.child = Some(spawn_logged(&mut cmd, &self.log));
     }
 
@@ -240,7 +314,9 @@ impl Node {
     }
 
     pub fn wait_tunnel_ups(&self, n: usize, limit: Duration) {
-        wait_until(limit, "the node's tunnel to come up", || self.tunnel_ups() >= n);
+        wait_until(limit, "the node's tunnel to come up", || {
+            self.tunnel_ups() >= n
+        });
     }
 
     pub fn kill9(&mut self) {
@@ -266,31 +342,50 @@ impl Node {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("omb-node")).arg("-c").arg(&self.config).args(args).output().expect("run omb-node")
+        Command::new(bin("omb-node"))
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run omb-node")
     }
 
     /// UIDs in INBOX.
     pub fn uids(&self) -> Vec<u32> {
         let out = self.cli(&["mail", "list"]);
-        assert!(out.status.success(), "mail list failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+        assert!(
+            out.status.success(),
+            "mail list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
     }
 
     /// One message, decrypted by the node's key.
     pub fn show(&self, uid: u32) -> Vec<u8> {
         let out = self.cli(&["mail", "show", &uid.to_string()]);
-        assert!(out.status.success(), "mail show failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mail show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 
     /// The stored form (ciphertext).
     pub fn show_raw(&self, uid: u32) -> Vec<u8> {
-        self.cli(&["mail", "show", "--raw", &uid.to_string()]).stdout
+        self.cli(&["mail", "show", "--raw", &uid.to_string()])
+            .stdout
     }
 
     pub fn fingerprint(&self) -> String {
         let out = self.cli(&["keys"]);
-        field(&String::from_utf8_lossy(&out.stdout), "openpgp_fingerprint").expect("fingerprint printed")
+        field(&String::from_utf8_lossy(&out.stdout), "openpgp_fingerprint")
+            .expect("fingerprint printed")
     }
 }
 
@@ -304,11 +399,26 @@ impl Drop for Node {
 /// exit status is success.
 pub fn swaks(server: SocketAddr, to: &str, body: &str, extra: &[&str]) -> String {
     let out = Command::new("swaks")
-        .args(["--server", &server.to_string(), "--to", to, "--from", "sender@example.org", "--helo", "client.example.org", "--body", body])
+        .args([
+            "--server",
+            &server.to_string(),
+            "--to",
+            to,
+            "--from",
+            "sender@example.org",
+            "--helo",
+            "client.example.org",
+            "--body",
+            body,
+        ])
         .args(extra)
         .output()
         .expect("run swaks");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "swaks failed:\n{text}");
     text
 }
@@ -318,7 +428,9 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -347,8 +459,13 @@ pub struct RawSmtp {
 impl RawSmtp {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = std::net::TcpStream::connect(addr).expect("connect to SMTP");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        let mut s = RawSmtp { stream, buf: Vec::new() };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut s = RawSmtp {
+            stream,
+            buf: Vec::new(),
+        };
         let greeting = s.reply();
         assert!(greeting.starts_with("220"), "greeting: {greeting}");
         s

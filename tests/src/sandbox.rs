@@ -70,11 +70,21 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         hostname: Some(format!("mx.{DOMAIN}")),
         data_dir: relay_dir.clone(),
         database: "sqlite".to_string(),
-        smtp: SmtpConfig { listen: any, ..SmtpConfig::default() },
-        tunnel: TunnelConfig { listen: any, ..TunnelConfig::default() },
+        smtp: SmtpConfig {
+            listen: any,
+            ..SmtpConfig::default()
+        },
+        tunnel: TunnelConfig {
+            listen: any,
+            ..TunnelConfig::default()
+        },
         // The relay's own DNS server on a free loopback port, and the relay asks
         // only it: nothing in the sandbox uses the system resolver.
-        dns: DnsConfig { listen: Some(any), resolver: any, addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])] },
+        dns: DnsConfig {
+            listen: Some(any),
+            resolver: any,
+            addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        },
         accounts: Default::default(),
     };
     let quota = config.accounts.quota_bytes;
@@ -101,9 +111,15 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         let node_config = NodeConfig {
             address: address.clone(),
             data_dir: node_dir.clone(),
-            relay: RelayLink { tunnel: relay.tunnel.to_string(), pin: relay.tunnel_pin.clone(), link_token },
+            relay: RelayLink {
+                tunnel: relay.tunnel.to_string(),
+                pin: relay.tunnel_pin.clone(),
+                link_token,
+            },
         };
-        let node = omb_node::node::start(node_config).await.with_context(|| format!("cannot start node {handle}"))?;
+        let node = omb_node::node::start(node_config)
+            .await
+            .with_context(|| format!("cannot start node {handle}"))?;
         node_manifests.push(NodeManifest {
             name: handle.clone(),
             address,
@@ -114,7 +130,9 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         nodes.push(node);
     }
     for (node, m) in nodes.iter_mut().zip(&node_manifests) {
-        let wait = node.tunnel_state.wait_for(|s| !matches!(s, TunnelState::Connecting));
+        let wait = node
+            .tunnel_state
+            .wait_for(|s| !matches!(s, TunnelState::Connecting));
         match tokio::time::timeout(Duration::from_secs(30), wait).await {
             Ok(Ok(state)) => {
                 if let TunnelState::Refused(reason) = &*state {
@@ -142,7 +160,11 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
     let tmp = dir.join("sandbox.json.tmp");
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, dir.join("sandbox.json"))?;
-    Ok(Sandbox { manifest, relay, nodes })
+    Ok(Sandbox {
+        manifest,
+        relay,
+        nodes,
+    })
 }
 
 /// The sandbox's certificate authority (it signs the nodes' TLS certificates
@@ -154,8 +176,13 @@ fn write_ca(dir: &Path) -> anyhow::Result<PathBuf> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "Own-Mailbox sandbox CA");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Own-Mailbox sandbox CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let cert = params.self_signed(&key)?;
         omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
         std::fs::write(&cert_path, cert.pem())?;

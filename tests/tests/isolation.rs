@@ -19,17 +19,32 @@ struct Peer {
 impl Peer {
     async fn connect(relay: &Relay, pin: &str) -> Self {
         let connector = QuicConnector::new(&relay.tunnel.to_string(), pin).expect("connector");
-        Peer { stream: connector.connect().await.expect("connect"), dec: FrameDecoder::new() }
+        Peer {
+            stream: connector.connect().await.expect("connect"),
+            dec: FrameDecoder::new(),
+        }
     }
     async fn send(&mut self, f: &Frame) {
-        write_frame(&mut self.stream.send, f).await.expect("send frame");
+        write_frame(&mut self.stream.send, f)
+            .await
+            .expect("send frame");
     }
     async fn recv(&mut self) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut self.stream.recv, &mut self.dec)).await.ok()?.ok()
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame(&mut self.stream.recv, &mut self.dec),
+        )
+        .await
+        .ok()?
+        .ok()
     }
     /// Hello + Challenge; returns the nonce.
     async fn hello(&mut self, key: [u8; 32]) -> [u8; 32] {
-        self.send(&Frame::Hello { version: PROTOCOL_VERSION, node_key: key }).await;
+        self.send(&Frame::Hello {
+            version: PROTOCOL_VERSION,
+            node_key: key,
+        })
+        .await;
         match self.recv().await {
             Some(Frame::Challenge { nonce }) => nonce,
             other => panic!("expected a challenge, got {other:?}"),
@@ -40,7 +55,12 @@ impl Peer {
         let nonce = self.hello(id.public().0).await;
         let cert = pgp::generate_cert(&[format!("<{address}>")]).expect("cert");
         let signature = id.sign_challenge(&nonce, &self.stream.binding);
-        self.send(&Frame::Link { token: token.to_string(), openpgp_cert: pgp::public_bytes(&cert).expect("cert bytes"), signature }).await;
+        self.send(&Frame::Link {
+            token: token.to_string(),
+            openpgp_cert: pgp::public_bytes(&cert).expect("cert bytes"),
+            signature,
+        })
+        .await;
         self.recv().await
     }
 }
@@ -65,12 +85,22 @@ async fn the_relay_refuses_nodes_it_must_not_trust() {
 
     // A used token.
     let mut p = Peer::connect(&relay, &pin).await;
-    let reason = refused(p.link(&Identity::generate(), &alice_token, "mallory@sandbox.test").await);
+    let reason = refused(
+        p.link(&Identity::generate(), &alice_token, "mallory@sandbox.test")
+            .await,
+    );
     assert!(reason.contains("link token"), "{reason}");
 
     // A made-up token.
     let mut p = Peer::connect(&relay, &pin).await;
-    let reason = refused(p.link(&Identity::generate(), "omb-link-0000", "mallory@sandbox.test").await);
+    let reason = refused(
+        p.link(
+            &Identity::generate(),
+            "omb-link-0000",
+            "mallory@sandbox.test",
+        )
+        .await,
+    );
     assert!(reason.contains("link token"), "{reason}");
 
     // No registered key: Auth with a key the relay never saw.
@@ -84,9 +114,18 @@ async fn the_relay_refuses_nodes_it_must_not_trust() {
 
     // Another node's identity: alice's public key, without alice's private key.
     let tunnel_key = {
-        let out = std::process::Command::new(omb_tests::harness::bin("omb-node")).arg("-c").arg(&alice.config).arg("keys").output().expect("keys");
+        let out = std::process::Command::new(omb_tests::harness::bin("omb-node"))
+            .arg("-c")
+            .arg(&alice.config)
+            .arg("keys")
+            .output()
+            .expect("keys");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let hex_key = text.lines().find_map(|l| l.strip_prefix("tunnel_key: ")).expect("tunnel key printed").to_string();
+        let hex_key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tunnel_key: "))
+            .expect("tunnel key printed")
+            .to_string();
         omb_shared::types::NodeKey::from_hex(&hex_key).expect("hex key")
     };
     let mut p = Peer::connect(&relay, &pin).await;
@@ -101,11 +140,18 @@ async fn the_relay_refuses_nodes_it_must_not_trust() {
     let mut p2 = Peer::connect(&relay, &pin).await;
     let bob_token = relay.add_account("bob");
     let bob_id = Identity::generate();
-    let Some(Frame::Welcome { account, .. }) = p1.link(&bob_id, &bob_token, "bob@sandbox.test").await else { panic!("bob should link") };
+    let Some(Frame::Welcome { account, .. }) =
+        p1.link(&bob_id, &bob_token, "bob@sandbox.test").await
+    else {
+        panic!("bob should link")
+    };
     assert_eq!(account, "bob");
     let nonce2 = p2.hello(bob_id.public().0).await;
     let replayed = bob_id.sign_challenge(&nonce2, &p1.stream.binding);
-    p2.send(&Frame::Auth { signature: replayed }).await;
+    p2.send(&Frame::Auth {
+        signature: replayed,
+    })
+    .await;
     let reason = refused(p2.recv().await);
     assert!(reason.contains("bad signature"), "{reason}");
 
@@ -117,15 +163,29 @@ async fn the_relay_refuses_nodes_it_must_not_trust() {
 
     // A wrong pin: the node refuses the relay.
     let wrong = "00".repeat(32);
-    let err = QuicConnector::new(&relay.tunnel.to_string(), &wrong).expect("connector").connect().await.err().expect("must fail");
-    assert!(matches!(err, TransportError::PinMismatch | TransportError::Connect { .. }), "{err}");
+    let err = QuicConnector::new(&relay.tunnel.to_string(), &wrong)
+        .expect("connector")
+        .connect()
+        .await
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(
+            err,
+            TransportError::PinMismatch | TransportError::Connect { .. }
+        ),
+        "{err}"
+    );
 
     // Garbage on the tunnel closes that connection and nothing else.
     let mut g = Peer::connect(&relay, &pin).await;
     use tokio::io::AsyncWriteExt;
     let _ = g.stream.send.write_all(&[0xff; 64]).await;
     assert!(!matches!(g.recv().await, Some(Frame::Challenge { .. })));
-    assert!(alice.log_text().matches("tunnel up").count() == 1, "alice's tunnel was disturbed");
+    assert!(
+        alice.log_text().matches("tunnel up").count() == 1,
+        "alice's tunnel was disturbed"
+    );
     drop(p1);
 }
 
@@ -148,24 +208,51 @@ async fn a_node_never_receives_or_removes_another_accounts_mail() {
 
     // Bob, linked and connected as a raw peer.
     let mut bob = Peer::connect(&relay, &pin).await;
-    let Some(Frame::Welcome { .. }) = bob.link(&Identity::generate(), &bob_token, "bob@sandbox.test").await else { panic!("bob should link") };
+    let Some(Frame::Welcome { .. }) = bob
+        .link(&Identity::generate(), &bob_token, "bob@sandbox.test")
+        .await
+    else {
+        panic!("bob should link")
+    };
 
     // Mail for alice, while alice's node is not running yet.
     let tok = token();
     let smtp = relay.smtp;
-    let transcript = tokio::task::spawn_blocking(move || swaks(smtp, "alice@sandbox.test", &format!("for alice only {tok}"), &[])).await.expect("swaks");
-    let queue_id = transcript.split("queued as ").nth(1).and_then(|s| s.split_whitespace().next()).expect("queue id").to_string();
+    let transcript = tokio::task::spawn_blocking(move || {
+        swaks(
+            smtp,
+            "alice@sandbox.test",
+            &format!("for alice only {tok}"),
+            &[],
+        )
+    })
+    .await
+    .expect("swaks");
+    let queue_id = transcript
+        .split("queued as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("queue id")
+        .to_string();
 
     // Bob tries to make the relay drop it by acknowledging its id.
-    bob.send(&Frame::Ack { id: queue_id.clone() }).await;
+    bob.send(&Frame::Ack {
+        id: queue_id.clone(),
+    })
+    .await;
     // And bob gets nothing of alice's.
     let got = tokio::time::timeout(Duration::from_secs(2), bob.recv()).await;
-    assert!(!matches!(got, Ok(Some(Frame::Deliver(_)))), "bob received alice's mail: {got:?}");
+    assert!(
+        !matches!(got, Ok(Some(Frame::Deliver(_)))),
+        "bob received alice's mail: {got:?}"
+    );
 
     // Alice's node still gets it when it comes back.
     alice.start();
     tokio::task::spawn_blocking(move || {
-        wait_until(Duration::from_secs(20), "alice's mail", || alice.uids().len() == 1);
+        wait_until(Duration::from_secs(20), "alice's mail", || {
+            alice.uids().len() == 1
+        });
         assert!(String::from_utf8_lossy(&alice.show(1)).contains("for alice only"));
     })
     .await

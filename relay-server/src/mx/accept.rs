@@ -44,14 +44,20 @@ impl Acceptor {
 
     /// End of DATA: returns only once every copy is durably spooled.
     pub async fn store(&self, tx: Transaction, remote_ip: IpAddr) -> StoreVerdict {
-        let results = self.auth.authentication_results(remote_ip, &tx.helo, &tx.mail_from, &tx.data).await;
+        let results = self
+            .auth
+            .authentication_results(remote_ip, &tx.helo, &tx.mail_from, &tx.data)
+            .await;
         let already_encrypted = mime::is_encrypted(&tx.data);
         let received_at = crate::store::now();
 
         // One copy per account, encrypted to that account's certificate.
         let mut by_handle: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in &tx.recipients {
-            by_handle.entry(r.handle.clone()).or_default().push(r.address.to_string());
+            by_handle
+                .entry(r.handle.clone())
+                .or_default()
+                .push(r.address.to_string());
         }
         let mut entries = Vec::with_capacity(by_handle.len());
         for (handle, rcpts) in by_handle {
@@ -65,12 +71,20 @@ impl Acceptor {
                 }
             };
             match self.store.spool_usage(&handle).await {
-                Ok(used) if used + tx.data.len() as i64 > recipient.quota_bytes => return StoreVerdict::OverQuota,
+                Ok(used) if used + tx.data.len() as i64 > recipient.quota_bytes => {
+                    return StoreVerdict::OverQuota
+                }
                 Ok(_) => {}
                 Err(_) => return StoreVerdict::TempFail,
             }
-            let Some(cert_bytes) = recipient.cert else { return StoreVerdict::TempFail };
-            let for_clause = if rcpts.len() == 1 { format!("\r\n\tfor <{}>", rcpts[0]) } else { String::new() };
+            let Some(cert_bytes) = recipient.cert else {
+                return StoreVerdict::TempFail;
+            };
+            let for_clause = if rcpts.len() == 1 {
+                format!("\r\n\tfor <{}>", rcpts[0])
+            } else {
+                String::new()
+            };
             let received = format!(
                 "Received: from {} ([{}])\r\n\tby {} (Own-Mailbox relay) with {} id {}{}; {}\r\n",
                 sanitize(&tx.helo),
@@ -130,7 +144,11 @@ impl Acceptor {
 
 /// Keeps a client-given name from breaking the header it is put in.
 fn sanitize(s: &str) -> String {
-    let clean: String = s.chars().filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';' | '\\')).take(255).collect();
+    let clean: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';' | '\\'))
+        .take(255)
+        .collect();
     if clean.is_empty() {
         "unknown".to_string()
     } else {

@@ -23,13 +23,27 @@ pub struct MxServer {
 }
 
 impl MxServer {
-    pub fn new(acceptor: Arc<Acceptor>, config: SmtpConfig, hostname: String, tls: Option<TlsAcceptor>) -> Arc<Self> {
-        Arc::new(MxServer { acceptor, config, hostname, tls, per_ip: Mutex::new(HashMap::new()), total: Mutex::new(0) })
+    pub fn new(
+        acceptor: Arc<Acceptor>,
+        config: SmtpConfig,
+        hostname: String,
+        tls: Option<TlsAcceptor>,
+    ) -> Arc<Self> {
+        Arc::new(MxServer {
+            acceptor,
+            config,
+            hostname,
+            tls,
+            per_ip: Mutex::new(HashMap::new()),
+            total: Mutex::new(0),
+        })
     }
 
     /// Counts a new connection; `false` when the address or the server is at its limit.
     fn admit(&self, ip: IpAddr) -> bool {
-        let (Ok(mut per_ip), Ok(mut total)) = (self.per_ip.lock(), self.total.lock()) else { return false };
+        let (Ok(mut per_ip), Ok(mut total)) = (self.per_ip.lock(), self.total.lock()) else {
+            return false;
+        };
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.config.max_connections_per_ip || *total >= self.config.max_connections {
             return false;
@@ -67,7 +81,11 @@ pub async fn serve(listener: TcpListener, server: Arc<MxServer>) {
         tokio::spawn(async move {
             if !server.admit(peer.ip()) {
                 let mut stream = stream;
-                let _ = stream.write_all(b"421 4.7.0 Too many connections from your address, try again later\r\n").await;
+                let _ = stream
+                    .write_all(
+                        b"421 4.7.0 Too many connections from your address, try again later\r\n",
+                    )
+                    .await;
                 return;
             }
             let span = info_span!("smtp", peer = %peer);
@@ -98,7 +116,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, server: &MxServer) {
             let _ = stream.shutdown().await;
         }
         Outcome::StartTls => {
-            let Some(tls) = server.tls.clone() else { return };
+            let Some(tls) = server.tls.clone() else {
+                return;
+            };
             let handshake = tokio::time::timeout(Duration::from_secs(30), tls.accept(stream)).await;
             let mut tls_stream = match handshake {
                 Ok(Ok(s)) => s,
@@ -116,7 +136,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, server: &MxServer) {
     }
 }
 
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, session: &mut Session, peer: SocketAddr, server: &MxServer) -> Outcome {
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+    peer: SocketAddr,
+    server: &MxServer,
+) -> Outcome {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let command_timeout = Duration::from_secs(server.config.command_timeout_secs);
@@ -155,7 +180,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, session: &mut 
         if write(stream, session).await.is_err() || session.is_closed() {
             return Outcome::Closed;
         }
-        let limit = if session.in_data() { data_timeout } else { command_timeout };
+        let limit = if session.in_data() {
+            data_timeout
+        } else {
+            command_timeout
+        };
         match tokio::time::timeout(limit, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Outcome::Closed,
             Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
@@ -168,7 +197,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, session: &mut 
     }
 }
 
-async fn write<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> std::io::Result<()> {
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+) -> std::io::Result<()> {
     let out = session.take_output();
     if !out.is_empty() {
         tokio::time::timeout(Duration::from_secs(60), async {

@@ -209,12 +209,19 @@ impl Session {
                 }
                 State::DataTooBig => {
                     let mut iter = input.iter();
-                    let done = self.discard.as_mut().map(|d| d.ingest(&mut iter)).unwrap_or(true);
+                    let done = self
+                        .discard
+                        .as_mut()
+                        .map(|d| d.ingest(&mut iter))
+                        .unwrap_or(true);
                     *input = iter.as_slice();
                     if done {
                         self.reset_transaction();
                         self.state = State::Command;
-                        self.reply(&format!("552 5.3.4 Message exceeds the size limit of {} bytes", self.config.max_message_size));
+                        self.reply(&format!(
+                            "552 5.3.4 Message exceeds the size limit of {} bytes",
+                            self.config.max_message_size
+                        ));
                     } else {
                         return None;
                     }
@@ -224,7 +231,7 @@ impl Session {
                         return None;
                     }
                     let mut iter = input.iter();
-                    let parsed = self.receiver.ingest(&mut iter).map(|r| owned(r));
+                    let parsed = self.receiver.ingest(&mut iter).map(owned);
                     *input = iter.as_slice();
                     match parsed {
                         Err(ProtoError::NeedsMoreData { .. }) => {
@@ -238,12 +245,25 @@ impl Session {
                         }
                         Err(e) => {
                             let text = match e {
-                                ProtoError::UnknownCommand => "500 5.5.1 Command unrecognized".to_string(),
-                                ProtoError::InvalidSenderAddress => "501 5.1.7 Bad sender address syntax".to_string(),
-                                ProtoError::InvalidRecipientAddress => "501 5.1.3 Bad recipient address syntax".to_string(),
-                                ProtoError::SyntaxError { syntax } => format!("501 5.5.4 Syntax: {syntax}"),
-                                ProtoError::InvalidParameter { param } => format!("501 5.5.4 Invalid parameter {param:?}"),
-                                ProtoError::UnsupportedParameter { param } => format!("555 5.5.4 Unsupported parameter {:?}", param.chars().take(64).collect::<String>()),
+                                ProtoError::UnknownCommand => {
+                                    "500 5.5.1 Command unrecognized".to_string()
+                                }
+                                ProtoError::InvalidSenderAddress => {
+                                    "501 5.1.7 Bad sender address syntax".to_string()
+                                }
+                                ProtoError::InvalidRecipientAddress => {
+                                    "501 5.1.3 Bad recipient address syntax".to_string()
+                                }
+                                ProtoError::SyntaxError { syntax } => {
+                                    format!("501 5.5.4 Syntax: {syntax}")
+                                }
+                                ProtoError::InvalidParameter { param } => {
+                                    format!("501 5.5.4 Invalid parameter {param:?}")
+                                }
+                                ProtoError::UnsupportedParameter { param } => format!(
+                                    "555 5.5.4 Unsupported parameter {:?}",
+                                    param.chars().take(64).collect::<String>()
+                                ),
                                 _ => "500 5.5.2 Syntax error".to_string(),
                             };
                             if let Some(a) = self.error(&text) {
@@ -281,7 +301,8 @@ impl Session {
                 let last = lines.len() - 1;
                 for (i, line) in lines.iter().enumerate() {
                     let sep = if i == last { ' ' } else { '-' };
-                    self.out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
+                    self.out
+                        .extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
                 }
                 None
             }
@@ -301,7 +322,10 @@ impl Session {
                     return self.error("503 5.5.1 Nested MAIL command");
                 }
                 if from.size > self.config.max_message_size {
-                    self.reply(&format!("552 5.3.4 Message size exceeds the limit of {} bytes", self.config.max_message_size));
+                    self.reply(&format!(
+                        "552 5.3.4 Message size exceeds the limit of {} bytes",
+                        self.config.max_message_size
+                    ));
                     return None;
                 }
                 let utf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
@@ -374,13 +398,18 @@ impl Session {
                 None
             }
             Request::Quit => {
-                self.reply(&format!("221 2.0.0 {} closing connection", self.config.hostname));
+                self.reply(&format!(
+                    "221 2.0.0 {} closing connection",
+                    self.config.hostname
+                ));
                 self.state = State::Closed;
                 Some(Action::Close)
             }
             Request::Vrfy { .. } => {
                 // RFC 5321 section 3.5.3: answer without confirming anything.
-                self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+                self.reply(
+                    "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+                );
                 None
             }
             Request::Expn { .. } => {
@@ -403,7 +432,9 @@ impl Session {
                 Some(Action::StartTls)
             }
             Request::Auth { .. } => self.error("503 5.5.1 AUTH is not offered on this MX"),
-            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => self.error("502 5.5.1 Command not implemented"),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.error("502 5.5.1 Command not implemented")
+            }
         }
     }
 
@@ -415,13 +446,19 @@ impl Session {
         self.state = State::Command;
         match verdict {
             RcptVerdict::Accept(handle) => {
-                if !self.recipients.iter().any(|r| r.address.canonical() == address.canonical()) {
+                if !self
+                    .recipients
+                    .iter()
+                    .any(|r| r.address.canonical() == address.canonical())
+                {
                     self.recipients.push(AcceptedRcpt { address, handle });
                 }
                 self.reply("250 2.1.5 Recipient OK");
             }
             RcptVerdict::Unknown => self.reply("550 5.1.1 No such user here"),
-            RcptVerdict::NotActive => self.reply("450 4.2.1 Mailbox not active yet, try again later"),
+            RcptVerdict::NotActive => {
+                self.reply("450 4.2.1 Mailbox not active yet, try again later")
+            }
             RcptVerdict::OverQuota => self.reply("452 4.2.2 Mailbox full, try again later"),
             RcptVerdict::TempFail => self.reply("451 4.3.0 Temporary failure, try again later"),
         }
@@ -457,7 +494,9 @@ impl Session {
         match verdict {
             StoreVerdict::Stored(id) => self.reply(&format!("250 2.0.0 Ok: queued as {id}")),
             StoreVerdict::OverQuota => self.reply("452 4.2.2 Mailbox full, try again later"),
-            StoreVerdict::TempFail => self.reply("451 4.3.0 Temporary failure storing the message, try again later"),
+            StoreVerdict::TempFail => {
+                self.reply("451 4.3.0 Temporary failure storing the message, try again later")
+            }
         }
     }
 
@@ -481,20 +520,57 @@ impl Session {
 
 fn owned(r: Request<std::borrow::Cow<'_, str>>) -> Request<String> {
     match r {
-        Request::Ehlo { host } => Request::Ehlo { host: host.into_owned() },
-        Request::Lhlo { host } => Request::Lhlo { host: host.into_owned() },
-        Request::Helo { host } => Request::Helo { host: host.into_owned() },
-        Request::Mail { from } => Request::Mail { from: from.into_owned() },
-        Request::Rcpt { to } => Request::Rcpt { to: to.into_owned() },
-        Request::Bdat { chunk_size, is_last } => Request::Bdat { chunk_size, is_last },
-        Request::Auth { mechanism, initial_response } => Request::Auth { mechanism, initial_response: initial_response.into_owned() },
-        Request::Noop { value } => Request::Noop { value: value.into_owned() },
-        Request::Vrfy { value } => Request::Vrfy { value: value.into_owned() },
-        Request::Expn { value } => Request::Expn { value: value.into_owned() },
-        Request::Help { value } => Request::Help { value: value.into_owned() },
-        Request::Etrn { name } => Request::Etrn { name: name.into_owned() },
-        Request::Atrn { domains } => Request::Atrn { domains: domains.into_iter().map(|d| d.into_owned()).collect() },
-        Request::Burl { uri, is_last } => Request::Burl { uri: uri.into_owned(), is_last },
+        Request::Ehlo { host } => Request::Ehlo {
+            host: host.into_owned(),
+        },
+        Request::Lhlo { host } => Request::Lhlo {
+            host: host.into_owned(),
+        },
+        Request::Helo { host } => Request::Helo {
+            host: host.into_owned(),
+        },
+        Request::Mail { from } => Request::Mail {
+            from: from.into_owned(),
+        },
+        Request::Rcpt { to } => Request::Rcpt {
+            to: to.into_owned(),
+        },
+        Request::Bdat {
+            chunk_size,
+            is_last,
+        } => Request::Bdat {
+            chunk_size,
+            is_last,
+        },
+        Request::Auth {
+            mechanism,
+            initial_response,
+        } => Request::Auth {
+            mechanism,
+            initial_response: initial_response.into_owned(),
+        },
+        Request::Noop { value } => Request::Noop {
+            value: value.into_owned(),
+        },
+        Request::Vrfy { value } => Request::Vrfy {
+            value: value.into_owned(),
+        },
+        Request::Expn { value } => Request::Expn {
+            value: value.into_owned(),
+        },
+        Request::Help { value } => Request::Help {
+            value: value.into_owned(),
+        },
+        Request::Etrn { name } => Request::Etrn {
+            name: name.into_owned(),
+        },
+        Request::Atrn { domains } => Request::Atrn {
+            domains: domains.into_iter().map(|d| d.into_owned()).collect(),
+        },
+        Request::Burl { uri, is_last } => Request::Burl {
+            uri: uri.into_owned(),
+            is_last,
+        },
         Request::StartTls => Request::StartTls,
         Request::Data => Request::Data,
         Request::Rset => Request::Rset,

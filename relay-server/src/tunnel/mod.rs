@@ -55,9 +55,20 @@ impl Hub {
                 old.stop.notify_one();
                 generation = old.generation + 1;
             }
-            map.insert(handle.to_string(), Slot { generation, wake: wake.clone(), stop: stop.clone() });
+            map.insert(
+                handle.to_string(),
+                Slot {
+                    generation,
+                    wake: wake.clone(),
+                    stop: stop.clone(),
+                },
+            );
         }
-        Registration { generation, wake, stop }
+        Registration {
+            generation,
+            wake,
+            stop,
+        }
     }
 
     /// Removes a session, unless a newer one replaced it already.
@@ -71,6 +82,9 @@ impl Hub {
 
     /// Whether a node of `handle` is connected to this relay instance.
     pub fn is_connected(&self, handle: &str) -> bool {
-        self.inner.lock().map(|m| m.contains_key(handle)).unwrap_or(false)
+        self.inner
+            .lock()
+            .map(|m| m.contains_key(handle))
+            .unwrap_or(false)
     }
 }

@@ -4,7 +4,9 @@ use super::Hub;
 use crate::store::{LinkRefusal, Store};
 use omb_shared::identity::verify_challenge;
 use omb_shared::pgp;
-use omb_shared::protocol::{read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION};
+use omb_shared::protocol::{
+    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION,
+};
 use omb_shared::transport::quic::{accept_stream, QuicListener};
 use omb_shared::transport::{ConnectionHandle, TunnelStream};
 use omb_shared::types::NodeKey;
@@ -48,13 +50,25 @@ pub async fn serve(listener: QuicListener, ctx: Arc<TunnelContext>) {
 
 async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, conn: &dyn ConnectionHandle, reason: &str) {
     warn!(reason, "node refused");
-    let _ = write_frame(w, &Frame::Refused { reason: reason.to_string() }).await;
+    let _ = write_frame(
+        w,
+        &Frame::Refused {
+            reason: reason.to_string(),
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     conn.close(reason);
 }
 
 async fn run(stream: TunnelStream, ctx: &TunnelContext) {
-    let TunnelStream { mut recv, mut send, binding, handle: conn, .. } = stream;
+    let TunnelStream {
+        mut recv,
+        mut send,
+        binding,
+        handle: conn,
+        ..
+    } = stream;
     let conn: &dyn ConnectionHandle = &*conn;
     let mut dec = FrameDecoder::new();
 
@@ -63,7 +77,9 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
             return Ok(Err("expected Hello".to_string()));
         };
         if version != PROTOCOL_VERSION {
-            return Ok(Err(format!("protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}")));
+            return Ok(Err(format!(
+                "protocol version {version} is not supported; this relay speaks {PROTOCOL_VERSION}"
+            )));
         }
         let key = NodeKey(node_key);
         let nonce: [u8; 32] = rand::random();
@@ -74,23 +90,40 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
             _ => return Ok(Err("expected Link or Auth".to_string())),
         };
         if !verify_challenge(&key, &nonce, &binding, signature) {
-            return Ok(Err("bad signature: the node does not hold the key it named".to_string()));
+            return Ok(Err(
+                "bad signature: the node does not hold the key it named".to_string(),
+            ));
         }
         let handle = match answer {
-            Frame::Link { token, openpgp_cert, .. } => {
+            Frame::Link {
+                token,
+                openpgp_cert,
+                ..
+            } => {
                 let cert = match pgp::parse_cert(&openpgp_cert) {
                     Ok(c) if pgp::can_encrypt_to(&c) && !c.is_tsk() => c,
-                    Ok(_) => return Ok(Err("the OpenPGP certificate has no usable encryption key, or holds secrets".to_string())),
+                    Ok(_) => return Ok(Err(
+                        "the OpenPGP certificate has no usable encryption key, or holds secrets"
+                            .to_string(),
+                    )),
                     Err(_) => return Ok(Err("the OpenPGP certificate does not parse".to_string())),
                 };
                 let fpr = pgp::fingerprint(&cert);
-                match ctx.store.link_node(&token, &key, &openpgp_cert, &fpr.0).await {
+                match ctx
+                    .store
+                    .link_node(&token, &key, &openpgp_cert, &fpr.0)
+                    .await
+                {
                     Ok(Ok(handle)) => {
                         info!(%handle, node = %key, fingerprint = %fpr, "node linked");
                         handle
                     }
-                    Ok(Err(LinkRefusal::BadToken)) => return Ok(Err(LinkRefusal::BadToken.to_string())),
-                    Ok(Err(LinkRefusal::KeyTaken)) => return Ok(Err(LinkRefusal::KeyTaken.to_string())),
+                    Ok(Err(LinkRefusal::BadToken)) => {
+                        return Ok(Err(LinkRefusal::BadToken.to_string()))
+                    }
+                    Ok(Err(LinkRefusal::KeyTaken)) => {
+                        return Ok(Err(LinkRefusal::KeyTaken.to_string()))
+                    }
                     Err(e) => {
                         warn!(error = %e, "link failed");
                         return Ok(Err("temporary failure, try again".to_string()));
@@ -99,7 +132,11 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
             }
             _ => match ctx.store.node_account(&key).await {
                 Ok(Some(handle)) => handle,
-                Ok(None) => return Ok(Err("unknown node key: link this node with a link token first".to_string())),
+                Ok(None) => {
+                    return Ok(Err(
+                        "unknown node key: link this node with a link token first".to_string(),
+                    ))
+                }
                 Err(e) => {
                     warn!(error = %e, "node look-up failed");
                     return Ok(Err("temporary failure, try again".to_string()));
@@ -118,7 +155,16 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         Err(_) => return refuse(&mut send, conn, "handshake timed out").await,
     };
     let addresses = ctx.store.addresses(&handle).await.unwrap_or_default();
-    if write_frame(&mut send, &Frame::Welcome { account: handle.clone(), addresses }).await.is_err() {
+    if write_frame(
+        &mut send,
+        &Frame::Welcome {
+            account: handle.clone(),
+            addresses,
+        },
+    )
+    .await
+    .is_err()
+    {
         return;
     }
     let registration = ctx.hub.register(&handle);

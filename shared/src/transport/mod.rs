@@ -13,7 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub enum TransportError {
     #[error("cannot reach the relay at {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("the relay's certificate does not match the pinned fingerprint; refusing to talk to it")]
+    #[error(
+        "the relay's certificate does not match the pinned fingerprint; refusing to talk to it"
+    )]
     PinMismatch,
     #[error("TLS set-up: {0}")]
     Tls(String),

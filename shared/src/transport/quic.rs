@@ -49,10 +49,17 @@ impl RelayTlsIdentity {
         if let Some(id) = Self::read(&path)? {
             return Ok(id);
         }
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TransportError::Tls(e.to_string()))?;
-        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| TransportError::Tls(e.to_string()))?;
-        let cert = params.self_signed(&key).map_err(|e| TransportError::Tls(e.to_string()))?;
-        let id = RelayTlsIdentity { cert: cert.der().to_vec(), key: key.serialize_der() };
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let id = RelayTlsIdentity {
+            cert: cert.der().to_vec(),
+            key: key.serialize_der(),
+        };
         let mut bytes = (id.cert.len() as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&id.cert);
         bytes.extend_from_slice(&id.key);
@@ -62,7 +69,8 @@ impl RelayTlsIdentity {
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => Ok(id),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::read(&path)?.ok_or_else(|| TransportError::Tls("tunnel identity vanished".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::read(&path)?
+                .ok_or_else(|| TransportError::Tls("tunnel identity vanished".into())),
             Err(e) => Err(e.into()),
         }
     }
@@ -74,7 +82,12 @@ impl RelayTlsIdentity {
             Err(e) => return Err(e.into()),
         };
         let damaged = || TransportError::Tls(format!("{} is damaged", path.display()));
-        let len = u32::from_be_bytes(bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(damaged)?) as usize;
+        let len = u32::from_be_bytes(
+            bytes
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(damaged)?,
+        ) as usize;
         let cert = bytes.get(4..4 + len).ok_or_else(damaged)?.to_vec();
         let key = bytes.get(4 + len..).ok_or_else(damaged)?.to_vec();
         Ok(Some(RelayTlsIdentity { cert, key }))
@@ -118,7 +131,8 @@ impl QuicListener {
             .with_single_cert(vec![CertificateDer::from(id.cert.clone())], key)
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(false)));
         config.migration(true);
@@ -141,19 +155,39 @@ impl QuicListener {
 /// Completes the handshake of an incoming connection and takes the node's stream.
 pub async fn accept_stream(incoming: quinn::Incoming) -> Result<TunnelStream, TransportError> {
     let peer = incoming.remote_address();
-    let conn = incoming.await.map_err(|e| TransportError::Connect { addr: peer.to_string(), reason: e.to_string() })?;
+    let conn = incoming.await.map_err(|e| TransportError::Connect {
+        addr: peer.to_string(),
+        reason: e.to_string(),
+    })?;
     let (send, recv) = tokio::time::timeout(Duration::from_secs(20), conn.accept_bi())
         .await
-        .map_err(|_| TransportError::Connect { addr: peer.to_string(), reason: "no stream opened in time".into() })?
-        .map_err(|e| TransportError::Connect { addr: peer.to_string(), reason: e.to_string() })?;
+        .map_err(|_| TransportError::Connect {
+            addr: peer.to_string(),
+            reason: "no stream opened in time".into(),
+        })?
+        .map_err(|e| TransportError::Connect {
+            addr: peer.to_string(),
+            reason: e.to_string(),
+        })?;
     stream_from(conn, send, recv, peer)
 }
 
-fn stream_from(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream, peer: SocketAddr) -> Result<TunnelStream, TransportError> {
+fn stream_from(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    peer: SocketAddr,
+) -> Result<TunnelStream, TransportError> {
     let mut binding = vec![0u8; 32];
     conn.export_keying_material(&mut binding, EXPORTER_LABEL, b"")
         .map_err(|_| TransportError::Tls("cannot export a channel binding".into()))?;
-    Ok(TunnelStream { recv: Box::new(recv), send: Box::new(send), binding, peer, handle: Box::new(QuicHandle(conn)) })
+    Ok(TunnelStream {
+        recv: Box::new(recv),
+        send: Box::new(send),
+        binding,
+        peer,
+        handle: Box::new(QuicHandle(conn)),
+    })
 }
 
 struct QuicHandle(quinn::Connection);
@@ -184,22 +218,35 @@ impl QuicConnector {
     /// `relay` is `host:port`, resolved at each dial (so a relay that moves is
     /// found again); `pin` is the hex SHA-256 of the relay's certificate.
     pub fn new(relay: &str, pin: &str) -> Result<Self, TransportError> {
-        let pin = hex::decode(pin.trim()).map_err(|_| TransportError::Tls("the relay pin is not hex".into()))?;
+        let pin = hex::decode(pin.trim())
+            .map_err(|_| TransportError::Tls("the relay pin is not hex".into()))?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TransportError::Tls(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider: provider() }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCert {
+                pin,
+                provider: provider(),
+            }))
             .with_no_client_auth();
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(true)));
-        let bind: SocketAddr = if relay.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|_| TransportError::Tls("bad bind address".into()))?;
+        let bind: SocketAddr = if relay.starts_with('[') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|_| TransportError::Tls("bad bind address".into()))?;
         let endpoint = quinn::Endpoint::client(bind)?;
-        Ok(QuicConnector { endpoint, relay: relay.to_string(), config })
+        Ok(QuicConnector {
+            endpoint,
+            relay: relay.to_string(),
+            config,
+        })
     }
 
     /// Moves the node's socket to a new local port, as a NAT rebinding or an
@@ -214,13 +261,19 @@ impl QuicConnector {
 
 impl Connector for QuicConnector {
     async fn connect(&self) -> Result<TunnelStream, TransportError> {
-        let err = |reason: String| TransportError::Connect { addr: self.relay.clone(), reason };
+        let err = |reason: String| TransportError::Connect {
+            addr: self.relay.clone(),
+            reason,
+        };
         let addr = tokio::net::lookup_host(&self.relay)
             .await
             .map_err(|e| err(e.to_string()))?
             .next()
             .ok_or_else(|| err("no address".into()))?;
-        let connecting = self.endpoint.connect_with(self.config.clone(), addr, SERVER_NAME).map_err(|e| err(e.to_string()))?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, SERVER_NAME)
+            .map_err(|e| err(e.to_string()))?;
         let conn = tokio::time::timeout(Duration::from_secs(15), connecting)
             .await
             .map_err(|_| err("handshake timed out".into()))?
@@ -256,19 +309,43 @@ impl ServerCertVerifier for PinnedCert {
         if Sha256::digest(end_entity.as_ref()).as_slice() == self.pin.as_slice() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("relay certificate is not the pinned one".into()))
+            Err(rustls::Error::General(
+                "relay certificate is not the pinned one".into(),
+            ))
         }
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -9,7 +9,10 @@ use omb_tests::sandbox::{self, SandboxOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "omb-sandbox", about = "A complete Own-Mailbox system on loopback")]
+#[command(
+    name = "omb-sandbox",
+    about = "A complete Own-Mailbox system on loopback"
+)]
 struct Cli {
     /// Folder for all state; `DIR/sandbox.json` describes the running system.
     #[arg(long, default_value = "omb-sandbox")]
@@ -36,18 +39,28 @@ fn parse_route(s: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("OMB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if !cli.routes.is_empty() {
-        tracing::warn!("--route is accepted, but outbound delivery is not built yet: routes have no effect");
+        tracing::warn!(
+            "--route is accepted, but outbound delivery is not built yet: routes have no effect"
+        );
     }
     if cli.tor {
         anyhow::bail!("--tor: the Tor transport is not built yet; run without --tor");
     }
-    let opts = SandboxOptions { dir: cli.dir, nodes: cli.nodes, routes: cli.routes, tor: cli.tor };
+    let opts = SandboxOptions {
+        dir: cli.dir,
+        nodes: cli.nodes,
+        routes: cli.routes,
+        tor: cli.tor,
+    };
     let sandbox = sandbox::start(&opts).await?;
     let json = opts.dir.join("sandbox.json");
     eprintln!("sandbox running; described in {}", json.display());
