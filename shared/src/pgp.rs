@@ -12,7 +12,7 @@ use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message};
 use openpgp::serialize::{Serialize as _, SerializeInto as _};
-use openpgp::types::{KeyFlags, SymmetricAlgorithm};
+use openpgp::types::{Features, KeyFlags, SymmetricAlgorithm};
 use sequoia_openpgp as openpgp;
 use std::io::Write;
 use std::path::Path;
@@ -32,8 +32,13 @@ pub enum PgpError {
 /// Generates the node's key: an Ed25519 primary for certification and signing,
 /// an Ed25519 signing subkey and a Cv25519 encryption subkey, as a v4 key that
 /// GnuPG 2.2 reads. No expiry: the node is the only holder and rotates it itself.
+///
+/// The certificate advertises only SEIPDv1 (RFC 4880's MDC packets): a sender
+/// honouring a SEIPDv2 (RFC 9580) feature flag would produce v6 PKESKs that
+/// GnuPG 2.2 — and most mail apps' OpenPGP — can't read.
 pub fn generate_cert(userids: &[String]) -> Result<Cert, PgpError> {
     let mut builder = CertBuilder::new()
+        .set_features(Features::empty().set_seipdv1())?
         .set_cipher_suite(CipherSuite::Cv25519)
         .set_primary_key_flags(KeyFlags::empty().set_certification())
         .add_signing_subkey()
