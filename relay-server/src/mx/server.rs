@@ -144,6 +144,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Outcome {
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
+    let mut data_started: Option<std::time::Instant> = None;
     let command_timeout = Duration::from_secs(server.config.command_timeout_secs);
     let data_timeout = Duration::from_secs(server.config.data_timeout_secs);
     loop {
@@ -180,9 +181,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if write(stream, session).await.is_err() || session.is_closed() {
             return Outcome::Closed;
         }
+        // A command must come within the command timeout; a whole DATA transfer
+        // within the data timeout, however the client trickles it.
         let limit = if session.in_data() {
-            data_timeout
+            let start = *data_started.get_or_insert_with(std::time::Instant::now);
+            data_timeout.saturating_sub(start.elapsed())
         } else {
+            data_started = None;
             command_timeout
         };
         match tokio::time::timeout(limit, stream.read(&mut buf)).await {
