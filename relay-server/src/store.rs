@@ -300,6 +300,44 @@ impl Store {
         Ok(out)
     }
 
+    /// The ids and sizes of the oldest messages waiting for `handle`, skipping the
+    /// ids in `skip`: the tunnel loads bodies one at a time, so a node's backlog
+    /// never has to fit in the relay's memory.
+    pub async fn spool_queue(
+        &self,
+        handle: &str,
+        skip: &std::collections::HashSet<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT id, size FROM spool WHERE handle = $1 ORDER BY id LIMIT $2")
+            .bind(handle)
+            .bind((limit + skip.len()) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if !skip.contains(&id) && out.len() < limit {
+                out.push((id, row.try_get(1)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One spooled message of `handle`, with its data.
+    pub async fn spool_get(
+        &self,
+        handle: &str,
+        id: &str,
+    ) -> Result<Option<SpoolEntry>, StoreError> {
+        let row = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data FROM spool WHERE handle = $1 AND id = $2")
+            .bind(handle)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| entry_from(&r, id.to_string())).transpose()
+    }
+
     /// Removes a delivered message; only the owning account's node can do so.
     pub async fn spool_delete(&self, handle: &str, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2")

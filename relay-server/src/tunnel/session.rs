@@ -10,7 +10,7 @@ use omb_shared::protocol::{
 use omb_shared::transport::quic::{accept_stream, QuicListener};
 use omb_shared::transport::{ConnectionHandle, TunnelStream};
 use omb_shared::types::NodeKey;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWrite;
@@ -22,6 +22,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Re-read the spool this often even without a wake-up (another relay instance
 /// sharing the database may have spooled mail).
 const RESCAN: Duration = Duration::from_secs(5);
+/// Bytes of mail sent to a node and not yet acknowledged, at most (one larger
+/// message is always allowed alone).
+const MAX_INFLIGHT_BYTES: i64 = 16 * 1024 * 1024;
 
 pub struct TunnelContext {
     pub store: Store,
@@ -183,12 +186,19 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         }
     });
 
-    let mut inflight: HashSet<String> = HashSet::new();
+    let mut inflight: HashMap<String, i64> = HashMap::new();
+    let mut inflight_bytes: i64 = 0;
     let result: Result<(), String> = async {
         loop {
-            if inflight.len() < ctx.window {
-                let batch = ctx.store.spool_pending(&handle, &inflight, ctx.window - inflight.len()).await.map_err(|e| e.to_string())?;
-                for e in batch {
+            // Fill the window: at most `window` messages and about 16 MiB in
+            // flight (but always at least one, whatever its size).
+            if inflight.len() < ctx.window && inflight_bytes < MAX_INFLIGHT_BYTES {
+                let queue = ctx.store.spool_queue(&handle, &inflight.keys().cloned().collect(), ctx.window - inflight.len()).await.map_err(|e| e.to_string())?;
+                for (id, size) in queue {
+                    if !inflight.is_empty() && inflight_bytes + size > MAX_INFLIGHT_BYTES {
+                        break;
+                    }
+                    let Some(e) = ctx.store.spool_get(&handle, &id).await.map_err(|e| e.to_string())? else { continue };
                     let delivery = Delivery {
                         id: e.id.0.clone(),
                         mail_from: e.mail_from,
@@ -199,14 +209,17 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                     };
                     write_frame(&mut send, &Frame::Deliver(delivery)).await.map_err(|e| e.to_string())?;
                     debug!(queue_id = %e.id, "sent to node");
-                    inflight.insert(e.id.0);
+                    inflight.insert(e.id.0, size);
+                    inflight_bytes += size;
                 }
             }
             tokio::select! {
                 frame = rx.recv() => match frame {
                     Some(Ok(Frame::Ack { id })) => {
                         let deleted = ctx.store.spool_delete(&handle, &id).await.map_err(|e| e.to_string())?;
-                        inflight.remove(&id);
+                        if let Some(size) = inflight.remove(&id) {
+                            inflight_bytes -= size;
+                        }
                         info!(queue_id = %id, deleted, "delivered to node");
                     }
                     Some(Ok(Frame::Ping { nonce })) => write_frame(&mut send, &Frame::Pong { nonce }).await.map_err(|e| e.to_string())?,
