@@ -35,6 +35,15 @@ pub enum Stored {
     Duplicate,
 }
 
+/// A delivery ready for the store: `data` is ciphertext.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub internaldate: i64,
+    pub size: i64,
+    pub data: Vec<u8>,
+}
+
 /// One message's listing (no body).
 #[derive(Debug, Clone)]
 pub struct MessageInfo {
@@ -124,6 +133,41 @@ impl MailStore {
             .await?;
         tx.commit().await?;
         Ok(Stored::New { uid: uid as u32 })
+    }
+
+    /// Stores several deliveries in one transaction (one fsync for the lot),
+    /// dropping those seen before; results are in the order given.
+    pub async fn deliver_batch(&self, items: &[NewDelivery]) -> Result<Vec<Stored>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1")
+                .bind(&item.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if seen.is_some() {
+                out.push(Stored::Duplicate);
+                continue;
+            }
+            let row = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE name = 'INBOX' RETURNING id, uidnext - 1, highestmodseq")
+                .fetch_one(&mut *tx)
+                .await?;
+            let (mailbox_id, uid, modseq): (i64, i64, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            sqlx::query("INSERT INTO messages (mailbox_id, uid, delivery_id, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7)")
+                .bind(mailbox_id)
+                .bind(uid)
+                .bind(&item.id)
+                .bind(item.internaldate)
+                .bind(item.size)
+                .bind(modseq)
+                .bind(&item.data)
+                .execute(&mut *tx)
+                .await?;
+            out.push(Stored::New { uid: uid as u32 });
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {

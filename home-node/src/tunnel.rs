@@ -3,7 +3,7 @@
 //! jittered exponential back-off.
 
 use crate::keys::Keys;
-use crate::store::{MailStore, Stored};
+use crate::store::{MailStore, NewDelivery, Stored};
 use omb_shared::pgp;
 use omb_shared::protocol::{
     read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION,
@@ -143,15 +143,33 @@ impl<C: Connector> TunnelClient<C> {
         let _ = self.state.send(TunnelState::Up { account });
 
         loop {
-            match read_frame(&mut recv, &mut dec).await {
-                Ok(Frame::Deliver(d)) => {
-                    let id = d.id.clone();
-                    match self.store_delivery(d).await {
-                        Ok(stored) => {
-                            if std::env::var_os("OMB_TEST_CRASH_BEFORE_ACK").is_some() {
-                                // Test hook: die between the durable store and the ack.
-                                std::process::abort();
-                            }
+            let first = read_frame(&mut recv, &mut dec).await;
+            // Take whatever else has already arrived, so a burst is stored in
+            // one transaction (one fsync) and acknowledged together.
+            let mut frames = vec![first];
+            while frames.len() < 64 && matches!(frames.last(), Some(Ok(Frame::Deliver(_)))) {
+                match tokio::time::timeout(Duration::ZERO, read_frame(&mut recv, &mut dec)).await {
+                    Ok(f) => frames.push(f),
+                    Err(_) => break,
+                }
+            }
+            let mut deliveries = Vec::new();
+            let mut rest = Vec::new();
+            for f in frames {
+                match f {
+                    Ok(Frame::Deliver(d)) => deliveries.push(d),
+                    other => rest.push(other),
+                }
+            }
+            if !deliveries.is_empty() {
+                let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+                match self.store_deliveries(deliveries).await {
+                    Ok(stored) => {
+                        if std::env::var_os("OMB_TEST_CRASH_BEFORE_ACK").is_some() {
+                            // Test hook: die between the durable store and the ack.
+                            std::process::abort();
+                        }
+                        for (id, stored) in ids.iter().zip(&stored) {
                             if let Err(e) =
                                 write_frame(&mut send, &Frame::Ack { id: id.clone() }).await
                             {
@@ -159,49 +177,62 @@ impl<C: Connector> TunnelClient<C> {
                             }
                             info!(queue_id = %id, ?stored, "delivery stored");
                         }
-                        Err(e) => {
-                            // Not acknowledged: the relay keeps it and sends it again.
-                            warn!(queue_id = %id, error = %e, "cannot store a delivery");
-                            return SessionEnd::Retry(format!("store failed: {e}"));
+                    }
+                    Err(e) => {
+                        // Not acknowledged: the relay keeps them and sends them again.
+                        warn!(error = %e, "cannot store deliveries");
+                        return SessionEnd::Retry(format!("store failed: {e}"));
+                    }
+                }
+            }
+            for f in rest {
+                match f {
+                    Ok(Frame::Ping { nonce }) => {
+                        if let Err(e) = write_frame(&mut send, &Frame::Pong { nonce }).await {
+                            return retry(e);
                         }
                     }
-                }
-                Ok(Frame::Ping { nonce }) => {
-                    if let Err(e) = write_frame(&mut send, &Frame::Pong { nonce }).await {
-                        return retry(e);
+                    Ok(Frame::Pong { .. }) => {}
+                    Ok(Frame::Refused { reason }) => {
+                        return SessionEnd::Retry(format!("relay closed the session: {reason}"))
                     }
+                    Ok(_) => return SessionEnd::Retry("unexpected frame from the relay".into()),
+                    Err(e) => return retry(e),
                 }
-                Ok(Frame::Pong { .. }) => {}
-                Ok(Frame::Refused { reason }) => {
-                    return SessionEnd::Retry(format!("relay closed the session: {reason}"))
-                }
-                Ok(_) => return SessionEnd::Retry("unexpected frame from the relay".into()),
-                Err(e) => return retry(e),
             }
         }
     }
 
-    /// Checks and stores one delivery; ciphertext only ever reaches the disk.
-    async fn store_delivery(&self, d: Delivery) -> anyhow::Result<Stored> {
-        let keys = self.keys.clone();
-        let relay_encrypted = d.relay_encrypted;
-        let data = d.data;
-        let (stored_form, size) =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, i64)> {
-                if relay_encrypted {
+    /// Checks and stores deliveries; only ciphertext ever reaches the disk.
+    /// Decryption checks run in parallel on the blocking pool.
+    async fn store_deliveries(&self, deliveries: Vec<Delivery>) -> anyhow::Result<Vec<Stored>> {
+        let mut jobs = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let keys = self.keys.clone();
+            jobs.push(tokio::task::spawn_blocking(move || -> anyhow::Result<NewDelivery> {
+                let (data, size) = if d.relay_encrypted {
                     // Decrypt once to learn the size (and to know it is readable).
-                    let plain = pgp::decrypt_message(&keys.openpgp, &data)?;
-                    Ok((data, plain.len() as i64))
+                    // Mail this key can't read is kept all the same, never dropped.
+                    match pgp::decrypt_message(&keys.openpgp, &d.data) {
+                        Ok(plain) => (d.data, plain.len() as i64),
+                        Err(e) => {
+                            warn!(queue_id = %d.id, error = %e, "this node's key does not decrypt a delivery; keeping it as it came");
+                            let size = d.data.len() as i64;
+                            (d.data, size)
+                        }
+                    }
                 } else {
                     // Encrypted by its sender: wrap it to our own key for rest.
-                    let size = data.len() as i64;
-                    Ok((pgp::encrypt_whole_message(&keys.openpgp, &data)?, size))
-                }
-            })
-            .await??;
-        Ok(self
-            .store
-            .deliver(&d.id, d.received_at, size, &stored_form)
-            .await?)
+                    let size = d.data.len() as i64;
+                    (pgp::encrypt_whole_message(&keys.openpgp, &d.data)?, size)
+                };
+                Ok(NewDelivery { id: d.id, internaldate: d.received_at, size, data })
+            }));
+        }
+        let mut items = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            items.push(job.await??);
+        }
+        Ok(self.store.deliver_batch(&items).await?)
     }
 }

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,6 +20,10 @@ pub enum StoreError {
     NoAccount(String),
     #[error("an account called {0:?} exists already")]
     AccountExists(String),
+    #[error("spool write failed: {0}")]
+    Batch(String),
+    #[error("the spool writer has stopped")]
+    WriterGone,
 }
 
 /// Why a link attempt was refused (told to the node as the reason).
@@ -54,6 +59,13 @@ pub struct SpoolEntry {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+/// A spool write waiting for the writer task.
+enum WriteOp {
+    Insert(Vec<SpoolEntry>, oneshot::Sender<Result<(), String>>),
+    Delete(String, Vec<String>, oneshot::Sender<Result<usize, String>>),
 }
 
 pub fn now() -> i64 {
@@ -90,7 +102,9 @@ impl Store {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let (writer, rx) = mpsc::channel(1024);
+        tokio::spawn(write_loop(pool.clone(), rx));
+        Ok(Store { pool, writer })
     }
 
     pub async fn close(&self) {
@@ -256,22 +270,14 @@ impl Store {
     /// Writes messages to the spool in one transaction; when this returns `Ok`
     /// they are durable.
     pub async fn spool_insert(&self, entries: &[SpoolEntry]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for e in entries {
-            sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-                .bind(e.id.as_str())
-                .bind(&e.handle)
-                .bind(&e.mail_from)
-                .bind(e.rcpt_to.join(","))
-                .bind(e.data.len() as i64)
-                .bind(e.received_at)
-                .bind(i64::from(e.relay_encrypted))
-                .bind(e.data.clone())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Insert(entries.to_vec(), tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::Batch)
     }
 
     /// The oldest messages waiting for `handle`, skipping the ids in `skip`.
@@ -340,12 +346,24 @@ impl Store {
 
     /// Removes a delivered message; only the owning account's node can do so.
     pub async fn spool_delete(&self, handle: &str, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2")
-            .bind(id)
-            .bind(handle)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(self.spool_delete_many(handle, vec![id.to_string()]).await? == 1)
+    }
+
+    /// Removes several delivered messages of `handle` in one commit; returns how
+    /// many were there.
+    pub async fn spool_delete_many(
+        &self,
+        handle: &str,
+        ids: Vec<String>,
+    ) -> Result<usize, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Delete(handle.to_string(), ids, tx))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::Batch)
     }
 
     pub async fn spool_count(&self, handle: &str) -> Result<i64, StoreError> {
@@ -355,6 +373,89 @@ impl Store {
             .await?;
         Ok(row.try_get(0)?)
     }
+}
+
+/// The one writer of the spool: it takes every insert and delete that is
+/// waiting and commits them in one transaction (group commit), so concurrent
+/// sessions share one fsync instead of queueing for one each. Each caller hears
+/// back only after the commit that holds its write.
+async fn write_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteOp>) {
+    while let Some(first) = rx.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < 256 {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        match write_batch(&pool, &ops).await {
+            Ok(deleted) => {
+                let mut deleted = deleted.into_iter();
+                for op in ops {
+                    match op {
+                        WriteOp::Insert(_, tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                        WriteOp::Delete(_, _, tx) => {
+                            let _ = tx.send(Ok(deleted.next().unwrap_or(0)));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for op in ops {
+                    match op {
+                        WriteOp::Insert(_, tx) => {
+                            let _ = tx.send(Err(msg.clone()));
+                        }
+                        WriteOp::Delete(_, _, tx) => {
+                            let _ = tx.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for a batch; returns, in order, how many rows each delete removed.
+async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut deleted = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::Insert(entries, _) => {
+                for e in entries {
+                    sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                        .bind(e.id.as_str())
+                        .bind(&e.handle)
+                        .bind(&e.mail_from)
+                        .bind(e.rcpt_to.join(","))
+                        .bind(e.data.len() as i64)
+                        .bind(e.received_at)
+                        .bind(i64::from(e.relay_encrypted))
+                        .bind(e.data.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            WriteOp::Delete(handle, ids, _) => {
+                let mut n = 0;
+                for id in ids {
+                    let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2")
+                        .bind(id)
+                        .bind(handle)
+                        .execute(&mut *tx)
+                        .await?;
+                    n += done.rows_affected() as usize;
+                }
+                deleted.push(n);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {

@@ -214,19 +214,39 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                 }
             }
             tokio::select! {
-                frame = rx.recv() => match frame {
-                    Some(Ok(Frame::Ack { id })) => {
-                        let deleted = ctx.store.spool_delete(&handle, &id).await.map_err(|e| e.to_string())?;
-                        if let Some(size) = inflight.remove(&id) {
-                            inflight_bytes -= size;
+                frame = rx.recv() => {
+                    // Take every frame already waiting, so the acks of a burst
+                    // are deleted in one commit.
+                    let mut frames = vec![frame];
+                    while frames.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(f) => frames.push(Some(f)),
+                            Err(_) => break,
                         }
-                        info!(queue_id = %id, deleted, "delivered to node");
                     }
-                    Some(Ok(Frame::Ping { nonce })) => write_frame(&mut send, &Frame::Pong { nonce }).await.map_err(|e| e.to_string())?,
-                    Some(Ok(Frame::Pong { .. })) => {}
-                    Some(Ok(other)) => return Err(format!("unexpected frame {}", frame_name(&other))),
-                    Some(Err(ProtocolError::Closed)) | None => return Ok(()),
-                    Some(Err(e)) => return Err(e.to_string()),
+                    let acked: Vec<String> = frames.iter().filter_map(|f| match f {
+                        Some(Ok(Frame::Ack { id })) => Some(id.clone()),
+                        _ => None,
+                    }).collect();
+                    if !acked.is_empty() {
+                        let deleted = ctx.store.spool_delete_many(&handle, acked.clone()).await.map_err(|e| e.to_string())?;
+                        for id in &acked {
+                            if let Some(size) = inflight.remove(id) {
+                                inflight_bytes -= size;
+                            }
+                            info!(queue_id = %id, "delivered to node");
+                        }
+                        debug!(acked = acked.len(), deleted, "acknowledgements committed");
+                    }
+                    for frame in frames {
+                        match frame {
+                            Some(Ok(Frame::Ack { .. })) | Some(Ok(Frame::Pong { .. })) => {}
+                            Some(Ok(Frame::Ping { nonce })) => write_frame(&mut send, &Frame::Pong { nonce }).await.map_err(|e| e.to_string())?,
+                            Some(Ok(other)) => return Err(format!("unexpected frame {}", frame_name(&other))),
+                            Some(Err(ProtocolError::Closed)) | None => return Ok(()),
+                            Some(Err(e)) => return Err(e.to_string()),
+                        }
+                    }
                 },
                 _ = registration.wake.notified() => {}
                 _ = registration.stop.notified() => return Err("replaced by a newer connection of the same node".to_string()),
