@@ -256,15 +256,15 @@ impl Store {
 
     /// Bytes waiting in the spool for an account.
     pub async fn spool_usage(&self, handle: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COALESCE(SUM(size), 0) FROM spool WHERE handle = $1")
-            .bind(handle)
-            .fetch_one(&self.pool)
-            .await?;
-        // SUM is BIGINT on SQLite and NUMERIC on PostgreSQL; read either.
-        Ok(row
-            .try_get::<i64, _>(0)
-            .or_else(|_| row.try_get::<f64, _>(0).map(|f| f as i64))
-            .or_else(|_| row.try_get::<String, _>(0).map(|s| s.parse().unwrap_or(0)))?)
+        // SUM(BIGINT) is NUMERIC on PostgreSQL, a type sqlx's Any driver refuses
+        // to decode (the whole row fails); the cast makes it BIGINT on both.
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM spool WHERE handle = $1",
+        )
+        .bind(handle)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Writes messages to the spool in one transaction; when this returns `Ok`
