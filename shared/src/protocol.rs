@@ -88,7 +88,7 @@ pub struct Delivery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
-    #[error("frame of {0} bytes is over the limit of {MAX_FRAME_LEN}")]
+    #[error("frame of {0} bytes is over the limit")]
     TooLong(usize),
     #[error("frame too short to hold a version")]
     TooShort,
@@ -120,11 +120,30 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, ProtocolError> {
 #[derive(Default)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// The largest frame this decoder accepts now; see [`FrameDecoder::set_limit`].
+    limit: Option<usize>,
 }
+
+/// The frame limit before a peer is authenticated: room for a Link frame with a
+/// certificate, nothing like a message (four bytes must not buy 96 MiB).
+pub const HANDSHAKE_FRAME_LEN: usize = 64 * 1024;
 
 impl FrameDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that accepts frames of at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            limit: Some(limit.min(MAX_FRAME_LEN)),
+        }
+    }
+
+    /// Changes the limit (e.g. raises it once the peer is authenticated).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = Some(limit.min(MAX_FRAME_LEN));
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -138,14 +157,15 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > MAX_FRAME_LEN {
+        if len > self.limit.unwrap_or(MAX_FRAME_LEN) {
             return Err(ProtocolError::TooLong(len));
         }
         if len < 2 {
             return Err(ProtocolError::TooShort);
         }
         if self.buf.len() < 4 + len {
-            self.buf.reserve(4 + len - self.buf.len());
+            // No reservation from the announced length: memory follows the
+            // bytes that really arrived.
             return Ok(None);
         }
         self.buf.advance(4);
@@ -250,6 +270,20 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&wire);
         assert!(matches!(dec.next_frame(), Err(ProtocolError::Version(9))));
+    }
+
+    #[test]
+    fn handshake_limit_refuses_big_announcements_before_they_arrive() {
+        let mut dec = FrameDecoder::with_limit(HANDSHAKE_FRAME_LEN);
+        dec.push(&[0x05, 0xff, 0xff, 0xff]);
+        assert!(matches!(dec.next_frame(), Err(ProtocolError::TooLong(_))));
+        let mut dec = FrameDecoder::new();
+        dec.push(&[0x05, 0xff, 0xff, 0xff]);
+        assert!(matches!(dec.next_frame(), Ok(None)));
+        assert!(
+            dec.buf.capacity() < 1024 * 1024,
+            "no reservation from the announced length"
+        );
     }
 
     #[test]

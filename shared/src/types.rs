@@ -33,7 +33,9 @@ impl Address {
             return Err(AddressError::TooLong);
         }
         let (local, domain) = s.rsplit_once('@').ok_or(AddressError::NoAt)?;
-        if local.is_empty() || domain.is_empty() {
+        let domain = domain.strip_suffix('.').unwrap_or(domain);
+        if local.is_empty() || domain.is_empty() || domain.starts_with('.') || domain.contains("..")
+        {
             return Err(AddressError::Empty);
         }
         for c in local.chars().chain(domain.chars()) {
@@ -47,10 +49,7 @@ impl Address {
                 return Err(AddressError::BadChar(c));
             }
         }
-        Ok(Address(format!(
-            "{local}@{}",
-            domain.to_ascii_lowercase().trim_end_matches('.')
-        )))
+        Ok(Address(format!("{local}@{}", domain.to_ascii_lowercase())))
     }
 
     /// The lookup key: the whole address in lower case.
@@ -153,6 +152,10 @@ mod tests {
         assert_eq!(a.domain(), "sandbox.test");
         assert_eq!(Address::parse("nobody"), Err(AddressError::NoAt));
         assert_eq!(Address::parse("@x.test"), Err(AddressError::Empty));
+        assert_eq!(Address::parse("a@."), Err(AddressError::Empty));
+        assert_eq!(Address::parse("a@...."), Err(AddressError::Empty));
+        assert_eq!(Address::parse("a@x..test"), Err(AddressError::Empty));
+        assert_eq!(Address::parse("a@x.test.").unwrap().as_str(), "a@x.test");
         assert!(Address::parse("a\"b@x.test").is_err());
         assert!(Address::parse("a@[127.0.0.1]").is_err());
         assert!(Address::parse(&format!("{}@x.test", "a".repeat(260))).is_err());

@@ -194,6 +194,16 @@ impl Session {
                     let mut iter = input.iter();
                     let done = self.data_receiver.ingest(&mut iter, &mut self.data);
                     *input = iter.as_slice();
+                    if self.data.len() > self.config.max_message_size && done {
+                        // The limit was crossed in the same read as the final dot.
+                        self.reset_transaction();
+                        self.state = State::Command;
+                        self.reply(&format!(
+                            "552 5.3.4 Message exceeds the size limit of {} bytes",
+                            self.config.max_message_size
+                        ));
+                        continue;
+                    }
                     if done {
                         return Some(self.finish_data());
                     }
@@ -375,7 +385,16 @@ impl Session {
                 if self.recipients.is_empty() {
                     return self.error("554 5.5.1 No valid recipients");
                 }
+                // The receiver must know the DATA line's CRLF came before the
+                // data, so an empty message (".") and a first line starting
+                // with a dot are read right (RFC 5321 section 4.5.2).
                 self.data_receiver = DataReceiver::new();
+                let mut primer: &[u8] = b"\r\n";
+                let mut scratch = Vec::new();
+                let mut iter = primer.iter();
+                self.data_receiver.ingest(&mut iter, &mut scratch);
+                primer = iter.as_slice();
+                debug_assert!(primer.is_empty());
                 self.data = Vec::with_capacity(16 * 1024);
                 self.state = State::Data;
                 self.reply("354 Start mail input; end with <CRLF>.<CRLF>");
@@ -716,5 +735,35 @@ mod tests {
         let out = run(&mut s, b"X\r\nX\r\nX\r\nX\r\nX\r\nX\r\n", &mut stored);
         assert!(out.contains("421 4.7.0"), "{out}");
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn limit_crossed_in_the_read_with_the_final_dot_is_refused() {
+        let mut s = session(false);
+        let mut stored = Vec::new();
+        let input = [
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@x.test>\r\nDATA\r\n".to_vec(),
+            vec![b'x'; 1500],
+            b"\r\n.\r\nNOOP\r\n".to_vec(),
+        ]
+        .concat();
+        let out = run(&mut s, &input, &mut stored);
+        assert!(out.contains("552 5.3.4"), "{out}");
+        assert!(out.ends_with("250 2.0.0 OK\r\n"), "{out}");
+        assert!(stored.is_empty());
+    }
+
+    #[test]
+    fn empty_message_and_leading_dot_on_the_first_line() {
+        let mut s = session(false);
+        let mut stored = Vec::new();
+        let out = run(&mut s, b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@x.test>\r\nDATA\r\n.\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice@x.test>\r\nDATA\r\n..leading\r\n.\r\nQUIT\r\n", &mut stored);
+        assert_eq!(stored.len(), 2, "{out}");
+        assert_eq!(stored[0].data, b"");
+        assert_eq!(stored[1].data, b".leading\r\n");
+        assert!(
+            out.ends_with("221 2.0.0 mx.test closing connection\r\n"),
+            "{out}"
+        );
     }
 }

@@ -73,7 +73,8 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         ..
     } = stream;
     let conn: &dyn ConnectionHandle = &*conn;
-    let mut dec = FrameDecoder::new();
+    // Until the node is authenticated, frames are small.
+    let mut dec = FrameDecoder::with_limit(omb_shared::protocol::HANDSHAKE_FRAME_LEN);
 
     let handshake = async {
         let Frame::Hello { version, node_key } = read_frame(&mut recv, &mut dec).await? else {
@@ -157,6 +158,7 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         }
         Err(_) => return refuse(&mut send, conn, "handshake timed out").await,
     };
+    dec.set_limit(omb_shared::protocol::MAX_FRAME_LEN);
     let addresses = ctx.store.addresses(&handle).await.unwrap_or_default();
     if write_frame(
         &mut send,
