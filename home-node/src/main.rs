@@ -52,6 +52,7 @@ enum MailCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    omb_shared::quiet_library_backtraces();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OMB_LOG")

@@ -210,7 +210,10 @@ impl<C: Connector> TunnelClient<C> {
         for d in deliveries {
             let keys = self.keys.clone();
             jobs.push(tokio::task::spawn_blocking(move || -> anyhow::Result<NewDelivery> {
-                let (data, size) = if d.relay_encrypted {
+                let (data, size) = if d.relay_encrypted && d.plain_size > 0 {
+                    // The relay told us the size; decryption waits for a reader.
+                    (d.data, d.plain_size as i64)
+                } else if d.relay_encrypted {
                     // Decrypt once to learn the size (and to know it is readable).
                     // Mail this key can't read is kept all the same, never dropped.
                     match pgp::decrypt_message(&keys.openpgp, &d.data) {

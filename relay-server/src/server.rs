@@ -136,12 +136,12 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let auth =
         Authenticator::new(resolver, &hostname).context("cannot set up SPF/DKIM/DMARC checks")?;
 
-    let acceptor = Arc::new(Acceptor {
-        store: store.clone(),
+    let acceptor = Arc::new(Acceptor::new(
+        store.clone(),
         auth,
-        hub: hub.clone(),
-        hostname: hostname.clone(),
-    });
+        hub.clone(),
+        hostname.clone(),
+    ));
     let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
         .await

@@ -53,6 +53,8 @@ pub struct SpoolEntry {
     pub rcpt_to: Vec<String>,
     pub received_at: i64,
     pub relay_encrypted: bool,
+    /// The size of the message as the node will read it (decrypted).
+    pub plain_size: i64,
     pub data: Vec<u8>,
 }
 
@@ -258,13 +260,13 @@ impl Store {
     pub async fn spool_usage(&self, handle: &str) -> Result<i64, StoreError> {
         // SUM(BIGINT) is NUMERIC on PostgreSQL, a type sqlx's Any driver refuses
         // to decode (the whole row fails); the cast makes it BIGINT on both.
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM spool WHERE handle = $1",
-        )
-        .bind(handle)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+        // Kept by the spool writer with every insert and delete (one row, not a
+        // SUM over the backlog, which slows down exactly when the spool grows).
+        let row = sqlx::query("SELECT bytes FROM spool_bytes WHERE handle = $1")
+            .bind(handle)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
     }
 
     /// Writes messages to the spool in one transaction; when this returns `Ok`
@@ -287,7 +289,7 @@ impl Store {
         skip: &std::collections::HashSet<String>,
         limit: usize,
     ) -> Result<Vec<SpoolEntry>, StoreError> {
-        let rows = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data FROM spool WHERE handle = $1 ORDER BY id LIMIT $2")
+        let rows = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data, plain_size FROM spool WHERE handle = $1 ORDER BY id LIMIT $2")
             .bind(handle)
             .bind((limit + skip.len()) as i64)
             .fetch_all(&self.pool)
@@ -336,7 +338,7 @@ impl Store {
         handle: &str,
         id: &str,
     ) -> Result<Option<SpoolEntry>, StoreError> {
-        let row = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data FROM spool WHERE handle = $1 AND id = $2")
+        let row = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data, plain_size FROM spool WHERE handle = $1 AND id = $2")
             .bind(handle)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -427,7 +429,7 @@ async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx
         match op {
             WriteOp::Insert(entries, _) => {
                 for e in entries {
-                    sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                    sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
                         .bind(e.id.as_str())
                         .bind(&e.handle)
                         .bind(&e.mail_from)
@@ -436,6 +438,12 @@ async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx
                         .bind(e.received_at)
                         .bind(i64::from(e.relay_encrypted))
                         .bind(e.data.clone())
+                        .bind(e.plain_size)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes")
+                        .bind(&e.handle)
+                        .bind(e.data.len() as i64)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -443,12 +451,22 @@ async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx
             WriteOp::Delete(handle, ids, _) => {
                 let mut n = 0;
                 for id in ids {
-                    let done = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2")
-                        .bind(id)
-                        .bind(handle)
-                        .execute(&mut *tx)
-                        .await?;
-                    n += done.rows_affected() as usize;
+                    let gone = sqlx::query(
+                        "DELETE FROM spool WHERE id = $1 AND handle = $2 RETURNING size",
+                    )
+                    .bind(id)
+                    .bind(handle)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(row) = gone {
+                        let size: i64 = row.try_get(0)?;
+                        sqlx::query("UPDATE spool_bytes SET bytes = bytes - $1 WHERE handle = $2")
+                            .bind(size)
+                            .bind(handle)
+                            .execute(&mut *tx)
+                            .await?;
+                        n += 1;
+                    }
                 }
                 deleted.push(n);
             }
@@ -472,5 +490,6 @@ fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {
         received_at: row.try_get(4)?,
         relay_encrypted: row.try_get::<i64, _>(5)? != 0,
         data: row.try_get(6)?,
+        plain_size: row.try_get(7)?,
     })
 }

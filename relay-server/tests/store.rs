@@ -183,6 +183,7 @@ fn entry(id: &str, handle: &str, data: &[u8]) -> SpoolEntry {
         rcpt_to: vec![format!("{handle}@{DOMAIN}")],
         received_at: 1_700_000_000,
         relay_encrypted: true,
+        plain_size: data.len() as i64,
         data: data.to_vec(),
     }
 }
@@ -495,6 +496,7 @@ async fn spool_round_trips_every_field(url: String) {
         ],
         received_at: 1_712_345_678,
         relay_encrypted: true,
+        plain_size: 123_456,
         data: data.clone(),
     };
     // Null reverse-path (a bounce), the sender's own encryption.

@@ -83,6 +83,9 @@ pub struct Delivery {
     /// True when the relay wrapped the whole message in PGP/MIME to the node's
     /// certificate; false when it arrived encrypted already and was kept as it is.
     pub relay_encrypted: bool,
+    /// The size of the message as the node will read it (decrypted), so the
+    /// node needn't decrypt to learn it (IMAP's RFC822.SIZE).
+    pub plain_size: u64,
     pub data: Vec<u8>,
 }
 
@@ -236,6 +239,7 @@ mod tests {
                 rcpt_to: vec!["c@d.test".into()],
                 received_at: 1_700_000_000,
                 relay_encrypted: true,
+                plain_size: 7,
                 data: b"hello\r\n".to_vec(),
             }),
             Frame::Ack { id: "abc".into() },

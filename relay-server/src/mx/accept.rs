@@ -9,9 +9,10 @@ use crate::store::{SpoolEntry, Store};
 use crate::tunnel::Hub;
 use omb_shared::types::{Address, QueueId};
 use omb_shared::{mime, pgp};
-use std::collections::BTreeMap;
+use sequoia_openpgp::Cert;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 pub struct Acceptor {
@@ -19,9 +20,40 @@ pub struct Acceptor {
     pub auth: Authenticator,
     pub hub: Arc<Hub>,
     pub hostname: String,
+    /// Parsed certificates by account, checked against the stored bytes, so a
+    /// certificate is parsed once, not for every message.
+    certs: Mutex<HashMap<String, (Vec<u8>, Arc<Cert>)>>,
 }
 
 impl Acceptor {
+    pub fn new(store: Store, auth: Authenticator, hub: Arc<Hub>, hostname: String) -> Self {
+        Acceptor {
+            store,
+            auth,
+            hub,
+            hostname,
+            certs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cert(&self, handle: &str, bytes: &[u8]) -> Result<Arc<Cert>, pgp::PgpError> {
+        if let Ok(cache) = self.certs.lock() {
+            if let Some((cached, cert)) = cache.get(handle) {
+                if cached == bytes {
+                    return Ok(cert.clone());
+                }
+            }
+        }
+        let cert = Arc::new(pgp::parse_cert(bytes)?);
+        if let Ok(mut cache) = self.certs.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(handle.to_string(), (bytes.to_vec(), cert.clone()));
+        }
+        Ok(cert)
+    }
+
     /// RCPT TO: hosted, linked, and not over quota.
     pub async fn check_recipient(&self, address: &Address) -> RcptVerdict {
         match self.store.recipient(&address.canonical()).await {
@@ -100,14 +132,20 @@ impl Acceptor {
             full.extend_from_slice(received.as_bytes());
             full.extend_from_slice(&tx.data);
 
+            let plain_size = full.len() as i64;
             let data = if already_encrypted {
                 full
             } else {
-                let encrypted = tokio::task::spawn_blocking(move || {
-                    let cert = pgp::parse_cert(&cert_bytes)?;
-                    pgp::encrypt_whole_message(&cert, &full)
-                })
-                .await;
+                let cert = match self.cert(&handle, &cert_bytes) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(%handle, error = %e, "the account's certificate does not parse");
+                        return StoreVerdict::TempFail;
+                    }
+                };
+                let encrypted =
+                    tokio::task::spawn_blocking(move || pgp::encrypt_whole_message(&cert, &full))
+                        .await;
                 match encrypted {
                     Ok(Ok(data)) => data,
                     Ok(Err(e)) => {
@@ -124,6 +162,7 @@ impl Acceptor {
                 rcpt_to: rcpts,
                 received_at,
                 relay_encrypted: !already_encrypted,
+                plain_size,
                 data,
             });
         }

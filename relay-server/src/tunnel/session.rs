@@ -207,6 +207,7 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         rcpt_to: e.rcpt_to,
                         received_at: e.received_at,
                         relay_encrypted: e.relay_encrypted,
+                        plain_size: e.plain_size.max(0) as u64,
                         data: e.data,
                     };
                     write_frame(&mut send, &Frame::Deliver(delivery)).await.map_err(|e| e.to_string())?;
