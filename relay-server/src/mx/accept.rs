@@ -15,6 +15,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
+/// A certificate's stored bytes and its parsed form.
+type CachedCert = (Vec<u8>, Arc<Cert>);
+
 pub struct Acceptor {
     pub store: Store,
     pub auth: Authenticator,
@@ -22,7 +25,7 @@ pub struct Acceptor {
     pub hostname: String,
     /// Parsed certificates by account, checked against the stored bytes, so a
     /// certificate is parsed once, not for every message.
-    certs: Mutex<HashMap<String, (Vec<u8>, Arc<Cert>)>>,
+    certs: Mutex<HashMap<String, CachedCert>>,
 }
 
 impl Acceptor {
