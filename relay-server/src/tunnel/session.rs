@@ -10,11 +10,12 @@ use omb_shared::protocol::{
 use omb_shared::transport::quic::{accept_stream, QuicListener};
 use omb_shared::transport::{ConnectionHandle, TunnelStream};
 use omb_shared::types::NodeKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// How long a node has to finish the handshake.
@@ -190,12 +191,16 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
 
     let mut inflight: HashMap<String, i64> = HashMap::new();
     let mut inflight_bytes: i64 = 0;
+    // Acknowledged, with the delete still committing: not sent again, and not
+    // holding up the next sends while the commit's fsync runs.
+    let mut deleting: HashSet<String> = HashSet::new();
+    let mut deletes: JoinSet<(Vec<String>, Result<usize, String>)> = JoinSet::new();
     let result: Result<(), String> = async {
         loop {
             // Fill the window: at most `window` messages and about 16 MiB in
             // flight (but always at least one, whatever its size).
             if inflight.len() < ctx.window && inflight_bytes < MAX_INFLIGHT_BYTES {
-                let queue = ctx.store.spool_queue(&handle, &inflight.keys().cloned().collect(), ctx.window - inflight.len()).await.map_err(|e| e.to_string())?;
+                let queue = ctx.store.spool_queue(&handle, &inflight.keys().chain(deleting.iter()).cloned().collect(), ctx.window - inflight.len()).await.map_err(|e| e.to_string())?;
                 for (id, size) in queue {
                     if !inflight.is_empty() && inflight_bytes + size > MAX_INFLIGHT_BYTES {
                         break;
@@ -232,14 +237,18 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         _ => None,
                     }).collect();
                     if !acked.is_empty() {
-                        let deleted = ctx.store.spool_delete_many(&handle, acked.clone()).await.map_err(|e| e.to_string())?;
                         for id in &acked {
                             if let Some(size) = inflight.remove(id) {
                                 inflight_bytes -= size;
                             }
-                            info!(queue_id = %id, "delivered to node");
+                            deleting.insert(id.clone());
                         }
-                        debug!(acked = acked.len(), deleted, "acknowledgements committed");
+                        let store = ctx.store.clone();
+                        let owner = handle.clone();
+                        deletes.spawn(async move {
+                            let result = store.spool_delete_many(&owner, acked.clone()).await.map_err(|e| e.to_string());
+                            (acked, result)
+                        });
                     }
                     for frame in frames {
                         match frame {
@@ -251,6 +260,15 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         }
                     }
                 },
+                Some(done) = deletes.join_next(), if !deletes.is_empty() => {
+                    let (ids, result) = done.map_err(|e| e.to_string())?;
+                    let deleted = result?;
+                    for id in &ids {
+                        deleting.remove(id);
+                        info!(queue_id = %id, "delivered to node");
+                    }
+                    debug!(acked = ids.len(), deleted, "acknowledgements committed");
+                }
                 _ = registration.wake.notified() => {}
                 _ = registration.stop.notified() => return Err("replaced by a newer connection of the same node".to_string()),
                 _ = tokio::time::sleep(RESCAN) => {}
@@ -258,6 +276,9 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         }
     }
     .await;
+    // Let the deletes already under way finish; one that doesn't only means a
+    // redelivery, which the node drops as a duplicate.
+    while deletes.join_next().await.is_some() {}
     reader.abort();
     ctx.hub.unregister(&handle, registration.generation);
     match result {
