@@ -58,12 +58,20 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A free loopback TCP port (also free for UDP at the time of asking).
+/// A free loopback TCP port (also free for UDP at the time of asking), never
+/// one this process handed out before: the kernel readily gives a just-released
+/// port again, and two parts of one relay must not get the same one.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
         let port = tcp.local_addr().expect("local address").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }
