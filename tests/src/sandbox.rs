@@ -117,6 +117,17 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
                 link_token,
             },
         };
+        // A config file beside the node's folder, so `omb-node -c DIR/nodes/NAME.toml
+        // mail list` reads its mail while (or after) the sandbox runs.
+        std::fs::write(
+            dir.join("nodes").join(format!("{handle}.toml")),
+            format!(
+                "address = \"{address}\"\ndata_dir = \"{}\"\n\n[relay]\ntunnel = \"{}\"\npin = \"{}\"\n",
+                node_dir.display(),
+                relay.tunnel,
+                relay.tunnel_pin
+            ),
+        )?;
         let node = omb_node::node::start(node_config)
             .await
             .with_context(|| format!("cannot start node {handle}"))?;
