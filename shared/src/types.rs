@@ -34,7 +34,11 @@ impl Address {
         }
         let (local, domain) = s.rsplit_once('@').ok_or(AddressError::NoAt)?;
         let domain = domain.strip_suffix('.').unwrap_or(domain);
-        if local.is_empty() || domain.is_empty() || domain.starts_with('.') || domain.contains("..")
+        if local.is_empty()
+            || domain.is_empty()
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains("..")
         {
             return Err(AddressError::Empty);
         }
@@ -155,6 +159,7 @@ mod tests {
         assert_eq!(Address::parse("a@."), Err(AddressError::Empty));
         assert_eq!(Address::parse("a@...."), Err(AddressError::Empty));
         assert_eq!(Address::parse("a@x..test"), Err(AddressError::Empty));
+        assert_eq!(Address::parse("a@x.test.."), Err(AddressError::Empty));
         assert_eq!(Address::parse("a@x.test.").unwrap().as_str(), "a@x.test");
         assert!(Address::parse("a\"b@x.test").is_err());
         assert!(Address::parse("a@[127.0.0.1]").is_err());
