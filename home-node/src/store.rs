@@ -108,31 +108,14 @@ impl MailStore {
         size: i64,
         data: &[u8],
     ) -> Result<Stored, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1")
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if seen.is_some() {
-            return Ok(Stored::Duplicate);
-        }
-        let row = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE name = 'INBOX' RETURNING id, uidnext - 1, highestmodseq")
-            .fetch_one(&mut *tx)
-            .await?;
-        let (mailbox_id, uid, modseq): (i64, i64, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        sqlx::query("INSERT INTO messages (mailbox_id, uid, delivery_id, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7)")
-            .bind(mailbox_id)
-            .bind(uid)
-            .bind(delivery_id)
-            .bind(internaldate)
-            .bind(size)
-            .bind(modseq)
-            .bind(data)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Stored::New { uid: uid as u32 })
+        let item = NewDelivery {
+            id: delivery_id.to_string(),
+            internaldate,
+            size,
+            data: data.to_vec(),
+        };
+        let stored = self.deliver_batch(std::slice::from_ref(&item)).await?;
+        Ok(stored.first().copied().unwrap_or(Stored::Duplicate))
     }
 
     /// Stores several deliveries in one transaction (one fsync for the lot),

@@ -41,15 +41,7 @@ enum AccountCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    omb_shared::quiet_library_backtraces();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("OMB_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    omb_shared::init_logging();
     let cli = Cli::parse();
     let config = RelayConfig::load(&cli.config)?;
     match cli.command {

@@ -8,6 +8,21 @@ pub mod protocol;
 pub mod transport;
 pub mod types;
 
+/// Sets up the programs' logs: to standard error, filtered by `OMB_LOG` (e.g.
+/// `info`, `omb_relay=debug`), coloured only on a terminal. Also calls
+/// [`quiet_library_backtraces`]. Call first thing in `main`.
+pub fn init_logging() {
+    quiet_library_backtraces();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OMB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Turns off backtrace capture for library errors (`anyhow`, which sequoia uses
 /// for ordinary control flow) unless the operator asked for it with
 /// `RUST_LIB_BACKTRACE`: with `RUST_BACKTRACE=1` in the environment every such
