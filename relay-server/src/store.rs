@@ -77,6 +77,21 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A PostgreSQL `url` with its database name replaced by `database` (query
+/// string kept): for tools and tests that create a database and then open it.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    format!("{}/{database}{query}", &base[..authority_end])
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
@@ -282,27 +297,19 @@ impl Store {
             .map_err(StoreError::Batch)
     }
 
-    /// The oldest messages waiting for `handle`, skipping the ids in `skip`.
+    /// The oldest messages waiting for `handle`, with their data, skipping the
+    /// ids in `skip` (for tools and tests; the tunnel uses [`Store::spool_queue`]
+    /// and loads bodies one at a time).
     pub async fn spool_pending(
         &self,
         handle: &str,
         skip: &std::collections::HashSet<String>,
         limit: usize,
     ) -> Result<Vec<SpoolEntry>, StoreError> {
-        let rows = sqlx::query("SELECT id, handle, mail_from, rcpt_to, received_at, relay_encrypted, data, plain_size FROM spool WHERE handle = $1 ORDER BY id LIMIT $2")
-            .bind(handle)
-            .bind((limit + skip.len()) as i64)
-            .fetch_all(&self.pool)
-            .await?;
         let mut out = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if skip.contains(&id) {
-                continue;
-            }
-            out.push(entry_from(&row, id)?);
-            if out.len() == limit {
-                break;
+        for (id, _size) in self.spool_queue(handle, skip, limit).await? {
+            if let Some(entry) = self.spool_get(handle, &id).await? {
+                out.push(entry);
             }
         }
         Ok(out)
@@ -492,4 +499,29 @@ fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {
         data: row.try_get(6)?,
         plain_size: row.try_get(7)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_replaces_only_the_name() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5432/postgres", "x"),
+            "postgres://u:p@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5432", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgresql://h/db?application_name=a/b", "x"),
+            "postgresql://h/x?application_name=a/b"
+        );
+    }
 }

@@ -169,16 +169,24 @@ impl Relay {
     }
 
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "relay already running");
-        let child = spawn_logged(
-            Command::new(bin("omb-relay"))
-                .arg("-c")
-                .arg(&self.config)
-                .arg("serve"),
-            &self.log,
-        );
-        self.child = Some(child);
         let smtp = self.smtp;
+        self.start_wrapped(&[], || std::net::TcpStream::connect(smtp).is_ok());
+    }
+
+    /// Starts the relay under a command prefix (e.g. `ip netns exec NS`), and
+    /// waits until `listening` says it answers.
+    pub fn start_wrapped(&mut self, prefix: &[&str], mut listening: impl FnMut() -> bool) {
+        assert!(self.child.is_none(), "relay already running");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("omb-relay"));
+                c
+            }
+            None => Command::new(bin("omb-relay")),
+        };
+        cmd.arg("-c").arg(&self.config).arg("serve");
+        self.child = Some(spawn_logged(&mut cmd, &self.log));
         let log = self.log.clone();
         wait_until(Duration::from_secs(30), "the relay to listen", || {
             if let Some(c) = self.child.as_mut() {
@@ -189,8 +197,31 @@ impl Relay {
                     );
                 }
             }
-            std::net::TcpStream::connect(smtp).is_ok()
+            listening()
         });
+    }
+
+    /// The relay's exit status, if it has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Moves the tunnel endpoint to `addr` (e.g. an address in a namespace).
+    pub fn set_tunnel_listen(&mut self, addr: SocketAddr) {
+        let config = std::fs::read_to_string(&self.config).expect("read relay config");
+        let old = format!("[tunnel]\nlisten = \"{}\"", self.tunnel);
+        assert!(
+            config.contains(&old),
+            "relay config changed shape:\n{config}"
+        );
+        std::fs::write(
+            &self.config,
+            config.replace(&old, &format!("[tunnel]\nlisten = \"{addr}\"")),
+        )
+        .expect("write relay config");
+        self.tunnel = addr;
     }
 
     /// `kill -9`: no chance to flush or clean up.
@@ -406,7 +437,26 @@ impl Drop for Node {
 /// Sends one message with swaks; returns its transcript. Panics unless the
 /// exit status is success.
 pub fn swaks(server: SocketAddr, to: &str, body: &str, extra: &[&str]) -> String {
-    let out = Command::new("swaks")
+    swaks_wrapped(&[], server, to, body, extra)
+}
+
+/// [`swaks`] under a command prefix (e.g. `ip netns exec NS`).
+pub fn swaks_wrapped(
+    prefix: &[&str],
+    server: SocketAddr,
+    to: &str,
+    body: &str,
+    extra: &[&str],
+) -> String {
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg("swaks");
+            c
+        }
+        None => Command::new("swaks"),
+    };
+    let out = cmd
         .args([
             "--server",
             &server.to_string(),
@@ -420,6 +470,7 @@ pub fn swaks(server: SocketAddr, to: &str, body: &str, extra: &[&str]) -> String
             body,
         ])
         .args(extra)
+        .stdin(Stdio::null())
         .output()
         .expect("run swaks");
     let text = format!(
@@ -429,6 +480,19 @@ pub fn swaks(server: SocketAddr, to: &str, body: &str, extra: &[&str]) -> String
     );
     assert!(out.status.success(), "swaks failed:\n{text}");
     text
+}
+
+/// A running relay with an account `alice` and alice's node linked to it, its
+/// tunnel up. `extra` is added to the relay's configuration.
+pub fn relay_with_alice(name: &str, extra: &str) -> (TestDir, Relay, Node) {
+    let dir = TestDir::new(name);
+    let mut relay = Relay::new(dir.path(), "sqlite", extra);
+    relay.start();
+    let token = relay.add_account("alice");
+    let mut node = Node::new(dir.path(), &relay, "alice", Some(&token));
+    node.start();
+    node.wait_tunnel_ups(1, Duration::from_secs(30));
+    (dir, relay, node)
 }
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`.

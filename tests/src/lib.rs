@@ -1,4 +1,5 @@
 //! End-to-end test support and the sandbox.
 
 pub mod harness;
+pub mod netns;
 pub mod sandbox;

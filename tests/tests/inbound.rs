@@ -2,22 +2,8 @@
 //! the relay's MX, encrypted to the node's key, through the QUIC tunnel, into the
 //! node's store.
 
-use omb_tests::harness::{
-    files_containing, have_tool, swaks, token, wait_until, Node, Relay, TestDir,
-};
+use omb_tests::harness::{files_containing, have_tool, relay_with_alice, swaks, token, wait_until};
 use std::time::{Duration, Instant};
-
-/// A relay and alice's linked node, both running.
-fn setup(name: &str) -> (TestDir, Relay, Node) {
-    let dir = TestDir::new(name);
-    let mut relay = Relay::new(dir.path(), "sqlite", "");
-    relay.start();
-    let token = relay.add_account("alice");
-    let mut node = Node::new(dir.path(), &relay, "alice", Some(&token));
-    node.start();
-    node.wait_tunnel_ups(1, Duration::from_secs(30));
-    (dir, relay, node)
-}
 
 /// The body of a decrypted message: everything after the first empty line.
 fn body(message: &[u8]) -> &[u8] {
@@ -41,7 +27,7 @@ fn swaks_mail_reaches_the_node_encrypted_and_byte_identical() {
     if !have_tool("swaks") {
         return;
     }
-    let (dir, relay, node) = setup("basic");
+    let (dir, relay, node) = relay_with_alice("basic", "");
     let tok = token();
     // Non-ASCII (8BITMIME), a leading dot (dot-stuffing) and trailing spaces must
     // come through byte for byte.
@@ -114,7 +100,7 @@ fn mail_waits_encrypted_while_the_node_is_offline() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, relay, mut node) = setup("offline");
+    let (_dir, relay, mut node) = relay_with_alice("offline", "");
     node.kill9();
     let tok = token();
     let subject_tok = token();
@@ -151,7 +137,7 @@ fn relay_killed_after_250_still_delivers() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, mut relay, mut node) = setup("relay-kill");
+    let (_dir, mut relay, mut node) = relay_with_alice("relay-kill", "");
     node.kill9();
     let tok = token();
     let transcript = swaks(
@@ -177,7 +163,7 @@ fn node_killed_before_its_ack_gets_the_message_once() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, relay, mut node) = setup("node-kill");
+    let (_dir, relay, mut node) = relay_with_alice("node-kill", "");
     node.kill9();
     // This run of the node dies right after its durable store, before the ack.
     node.start_with_env(&[("OMB_TEST_CRASH_BEFORE_ACK", "1")]);
@@ -224,7 +210,7 @@ fn many_messages_arrive_in_order_exactly_once() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, relay, node) = setup("many");
+    let (_dir, relay, node) = relay_with_alice("many", "");
     // 10 concurrent senders (under the relay's per-IP limit of 20), 3 each.
     let n = 30;
     let handles: Vec<_> = (0..10)
@@ -272,7 +258,7 @@ fn already_encrypted_mail_is_kept_as_it_is() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, relay, node) = setup("pre-encrypted");
+    let (_dir, relay, node) = relay_with_alice("pre-encrypted", "");
     let armored = "\n-----BEGIN PGP MESSAGE-----\n\nhQEMA0pretendciphertext\n=abcd\n-----END PGP MESSAGE-----";
     swaks(
         relay.smtp,

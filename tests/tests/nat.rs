@@ -17,230 +17,19 @@
 //! `swaks` sends the mail. Addresses are from 198.18.0.0/15 only, and no
 //! namespace has a route out of the three.
 
-use omb_tests::harness::{
-    bin, free_port, have_tool, is_root, token, wait_until, Node, Relay, TestDir,
-};
+use omb_tests::harness::{free_port, have_tool, swaks_wrapped, token, Node, Relay, TestDir};
+use omb_tests::netns::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const HOME_ADDR: &str = "198.18.1.2";
-const HOME_ADDR_NEW: &str = "198.18.1.3";
-const ROUTER_LAN: &str = "198.18.1.1";
-const ROUTER_WAN: &str = "198.18.2.1";
-const ROUTER_WAN_NEW: &str = "198.18.2.3";
-const RELAY_ADDR: &str = "198.18.2.2";
 
 /// How long mail may take to arrive after a change of the path.
 const AFTER_REBIND: Duration = Duration::from_secs(20);
-
-/// Whether this machine can run the NAT tests; prints why not.
-fn can_build_nat() -> bool {
-    if !is_root() {
-        // Also in CI: a non-root runner can't make namespaces, and says so plainly.
-        eprintln!(
-            "SKIPPED: the NAT test needs root for network namespaces (ip netns, veth, iptables)"
-        );
-        return false;
-    }
-    for tool in ["ip", "iptables", "swaks"] {
-        if !have_tool(tool) {
-            eprintln!("SKIPPED: the NAT test needs root for network namespaces and `{tool}`");
-            return false;
-        }
-    }
-    true
-}
-
-/// Runs a command, panicking with its output unless it succeeds.
-fn run(args: &[&str]) -> String {
-    let out = try_run(args);
-    assert!(
-        out.status.success(),
-        "`{}` failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn try_run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]))
-}
-
-/// The three namespaces and the two links between them; all deleted on drop,
-/// also when the test panics.
-struct Nat {
-    home: String,
-    router: String,
-    relay: String,
-}
-
-impl Nat {
-    fn build() -> Nat {
-        let id = hex::encode(rand::random::<[u8; 3]>());
-        let nat = Nat {
-            home: format!("home-{id}"),
-            router: format!("router-{id}"),
-            relay: format!("relay-{id}"),
-        };
-        // Guard first, so a failure half-way still deletes what was made.
-        for ns in [&nat.home, &nat.router, &nat.relay] {
-            run(&["ip", "netns", "add", ns]);
-        }
-        let (h, r, w) = (nat.home.as_str(), nat.router.as_str(), nat.relay.as_str());
-        // Links are made inside the namespaces, so their names never clash with
-        // another test's or the host's.
-        run(&[
-            "ip", "link", "add", "hv", "netns", h, "type", "veth", "peer", "name", "rh", "netns", r,
-        ]);
-        run(&[
-            "ip", "link", "add", "rw", "netns", r, "type", "veth", "peer", "name", "wv", "netns", w,
-        ]);
-        for ns in [h, r, w] {
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        nat.ip(h, &["addr", "add", &format!("{HOME_ADDR}/24"), "dev", "hv"]);
-        nat.ip(h, &["link", "set", "hv", "up"]);
-        nat.ip(h, &["route", "add", "default", "via", ROUTER_LAN]);
-        nat.ip(
-            r,
-            &["addr", "add", &format!("{ROUTER_LAN}/24"), "dev", "rh"],
-        );
-        nat.ip(r, &["link", "set", "rh", "up"]);
-        nat.ip(
-            r,
-            &["addr", "add", &format!("{ROUTER_WAN}/24"), "dev", "rw"],
-        );
-        nat.ip(r, &["link", "set", "rw", "up"]);
-        nat.ip(
-            w,
-            &["addr", "add", &format!("{RELAY_ADDR}/24"), "dev", "wv"],
-        );
-        nat.ip(w, &["link", "set", "wv", "up"]);
-        // Address changes below delete a primary address: keep its secondaries.
-        nat.exec(
-            h,
-            &["sysctl", "-qw", "net.ipv4.conf.hv.promote_secondaries=1"],
-        );
-        nat.exec(
-            r,
-            &["sysctl", "-qw", "net.ipv4.conf.rw.promote_secondaries=1"],
-        );
-        nat.exec(r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        nat.exec(
-            r,
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "rw",
-                "-j",
-                "MASQUERADE",
-            ],
-        );
-        nat
-    }
-
-    fn ip(&self, ns: &str, args: &[&str]) -> String {
-        let mut all = vec!["ip", "-n", ns];
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    fn exec(&self, ns: &str, args: &[&str]) -> String {
-        run(&self.exec_args(ns, args))
-    }
-
-    fn try_exec(&self, ns: &str, args: &[&str]) -> Output {
-        try_run(&self.exec_args(ns, args))
-    }
-
-    fn exec_args<'a>(&'a self, ns: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-        let mut all = vec!["ip", "netns", "exec", ns];
-        all.extend_from_slice(args);
-        all
-    }
-
-    /// The router's UDP NAT entries (for the report).
-    fn udp_mappings(&self) -> String {
-        if !has_tool_quiet("conntrack") {
-            return "(conntrack not installed)".into();
-        }
-        let out = self.try_exec(&self.router, &["conntrack", "-L", "-p", "udp"]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// The external (address, port) the router gives the tunnel's flow from the
-    /// home network to the relay's `relay_port`.
-    fn tunnel_mapping(&self, relay_port: u16) -> Option<(String, u16)> {
-        // `udp 17 29 src=H dst=R sport=S dport=P src=R dst=X sport=P dport=M ...`:
-        // the original half is home to relay; the reply half names the external
-        // address X and port M. (The relay's packets to a forgotten mapping make
-        // entries of their own, from the relay to the router.)
-        self.udp_mappings().lines().find_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            let values = |key: &str| -> Vec<&str> {
-                fields.iter().filter_map(|f| f.strip_prefix(key)).collect()
-            };
-            let (src, dst, dport) = (values("src="), values("dst="), values("dport="));
-            let outbound = src.first()?.starts_with("198.18.1.")
-                && *dst.first()? == RELAY_ADDR
-                && dport.first()?.parse::<u16>().ok()? == relay_port;
-            if !outbound {
-                return None;
-            }
-            Some((dst.get(1)?.to_string(), dport.get(1)?.parse().ok()?))
-        })
-    }
-}
-
-impl Drop for Nat {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth ends in it (and so their peers).
-        for ns in [&self.home, &self.router, &self.relay] {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn has_tool_quiet(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// The relay running inside the relay namespace (the harness's `Relay::start`
-/// runs it on the host). Killed on drop.
-struct RelayProcess(Child);
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Everything one test runs; fields drop in order: processes first, then the
 /// namespaces, then the folder (kept when the test failed).
 struct World {
     node: Node,
-    relay_process: RelayProcess,
     relay: Relay,
     nat: Nat,
     dir: TestDir,
@@ -257,20 +46,17 @@ impl World {
         let mut relay = Relay::new(dir.path(), "sqlite", "");
         // The tunnel listens where the router can reach it; SMTP and DNS stay on
         // the relay namespace's own loopback.
-        let tunnel = SocketAddr::new(RELAY_ADDR.parse().expect("an IPv4 address"), free_port());
-        let config = std::fs::read_to_string(&relay.config).expect("read relay config");
-        let old = format!("[tunnel]\nlisten = \"{}\"", relay.tunnel);
-        assert!(
-            config.contains(&old),
-            "the harness's relay config changed shape:\n{config}"
-        );
-        std::fs::write(
-            &relay.config,
-            config.replace(&old, &format!("[tunnel]\nlisten = \"{tunnel}\"")),
-        )
-        .expect("write relay config");
-        relay.tunnel = tunnel;
-        let relay_process = start_relay_in(&nat, &relay);
+        relay.set_tunnel_listen(SocketAddr::new(
+            RELAY_ADDR.parse().expect("an IPv4 address"),
+            free_port(),
+        ));
+        let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{}", relay.smtp.port());
+        relay.start_wrapped(&["ip", "netns", "exec", &nat.relay], || {
+            nat.try_exec(&nat.relay, &["bash", "-c", &probe])
+                .status
+                .success()
+        });
+        let tunnel = relay.tunnel;
         let link = relay.add_account("alice");
         let mut node = Node::with_tunnel(
             dir.path(),
@@ -282,7 +68,6 @@ impl World {
         node.start_wrapped(&["ip", "netns", "exec", &nat.home]);
         let mut world = World {
             node,
-            relay_process,
             relay,
             nat,
             dir,
@@ -306,7 +91,7 @@ impl World {
     fn wait(&mut self, limit: Duration, what: &str, mut f: impl FnMut(&mut World) -> bool) {
         let start = Instant::now();
         while !f(self) {
-            if let Ok(Some(status)) = self.relay_process.0.try_wait() {
+            if let Some(status) = self.relay.exited() {
                 panic!(
                     "omb-relay exited with {status} while waiting for {what}\n{}",
                     self.logs()
@@ -333,7 +118,13 @@ impl World {
 
     /// Sends one message to alice with swaks, from inside the relay namespace.
     fn send(&self, body: &str) {
-        send_mail(&self.nat.relay, self.relay.smtp, body);
+        swaks_wrapped(
+            &["ip", "netns", "exec", &self.nat.relay],
+            self.relay.smtp,
+            "alice@sandbox.test",
+            body,
+            &[],
+        );
     }
 
     /// How often each token appears in alice's mailbox now.
@@ -436,72 +227,6 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn start_relay_in(nat: &Nat, relay: &Relay) -> RelayProcess {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&relay.log)
-        .expect("open relay log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &nat.relay])
-        .arg(bin("omb-relay"))
-        .arg("-c")
-        .arg(&relay.config)
-        .arg("serve")
-        .env("OMB_LOG", "info,omb_relay=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start omb-relay in its namespace");
-    let mut process = RelayProcess(child);
-    let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{}", relay.smtp.port());
-    wait_until(
-        Duration::from_secs(30),
-        "the relay to listen in its namespace",
-        || {
-            if let Ok(Some(status)) = process.0.try_wait() {
-                panic!("omb-relay exited with {status}:\n{}", relay.log_text());
-            }
-            nat.try_exec(&nat.relay, &["bash", "-c", &probe])
-                .status
-                .success()
-        },
-    );
-    process
-}
-
-fn send_mail(relay_ns: &str, smtp: SocketAddr, body: &str) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            relay_ns,
-            "swaks",
-            "--server",
-            &smtp.to_string(),
-            "--to",
-            "alice@sandbox.test",
-        ])
-        .args([
-            "--from",
-            "sender@example.org",
-            "--helo",
-            "client.example.org",
-            "--body",
-            body,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run swaks");
-    assert!(
-        out.status.success(),
-        "swaks failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Sends `n` messages one after the other on a thread, while the caller changes
 /// the path; returns their tokens when joined.
 fn send_in_background(
@@ -514,7 +239,13 @@ fn send_in_background(
         (0..n)
             .map(|_| {
                 let t = token();
-                send_mail(&ns, smtp, &t);
+                swaks_wrapped(
+                    &["ip", "netns", "exec", &ns],
+                    smtp,
+                    "alice@sandbox.test",
+                    &t,
+                    &[],
+                );
                 std::thread::sleep(gap);
                 t
             })

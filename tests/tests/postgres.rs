@@ -7,6 +7,7 @@
 //! creates a database of its own and drops it at the end. Without the variable it
 //! is skipped, except in CI (`CI` set), where it fails.
 
+use omb_relay::store::with_database;
 use omb_tests::harness::{
     files_containing, have_tool, in_ci, swaks, token, wait_until, Node, Relay, TestDir,
 };
@@ -98,20 +99,6 @@ fn psql(url: &str, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `url` with its database name replaced by `database` (query string kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    format!("{}/{database}{query}", &base[..authority_end])
 }
 
 /// The body of a decrypted message: everything after the first empty line.
@@ -234,20 +221,4 @@ fn sqlite_relay_delivers_and_survives_kill9() {
         return;
     }
     mail_survives_node_absence_and_relay_kill("sqlite-e2e", "sqlite", None);
-}
-
-#[test]
-fn with_database_replaces_only_the_name() {
-    assert_eq!(
-        with_database("postgres://u:p@127.0.0.1:5432/postgres", "x"),
-        "postgres://u:p@127.0.0.1:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u:p@h/postgres?sslmode=disable", "x"),
-        "postgres://u:p@h/x?sslmode=disable"
-    );
-    assert_eq!(
-        with_database("postgres://u:p@h:5432", "x"),
-        "postgres://u:p@h:5432/x"
-    );
 }

@@ -3,7 +3,7 @@
 //! garbage — after all of which it still serves everyone else, and nothing
 //! already accepted is lost.
 
-use omb_tests::harness::{have_tool, swaks, token, wait_until, Node, RawSmtp, Relay, TestDir};
+use omb_tests::harness::{have_tool, relay_with_alice, swaks, token, wait_until, RawSmtp};
 use std::io::Write;
 use std::time::Duration;
 
@@ -11,20 +11,9 @@ fn code(reply: &str) -> &str {
     reply.get(..3).unwrap_or(reply)
 }
 
-fn setup(name: &str, extra: &str) -> (TestDir, Relay, Node) {
-    let dir = TestDir::new(name);
-    let mut relay = Relay::new(dir.path(), "sqlite", extra);
-    relay.start();
-    let token = relay.add_account("alice");
-    let mut node = Node::new(dir.path(), &relay, "alice", Some(&token));
-    node.start();
-    node.wait_tunnel_ups(1, Duration::from_secs(30));
-    (dir, relay, node)
-}
-
 #[test]
 fn replies_follow_rfc_5321() {
-    let (_dir, relay, _node) = setup("smtp-replies", "");
+    let (_dir, relay, _node) = relay_with_alice("smtp-replies", "");
     let mut c = RawSmtp::connect(relay.smtp);
     assert_eq!(
         code(&c.cmd("MAIL FROM:<a@example.org>")),
@@ -82,7 +71,7 @@ fn open_relay_tricks_are_refused() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, relay, _node) = setup("smtp-open-relay", "");
+    let (_dir, relay, _node) = relay_with_alice("smtp-open-relay", "");
     for rcpt in [
         "victim@elsewhere.example",
         "victim%elsewhere.example@sandbox.test",
@@ -108,7 +97,7 @@ fn garbage_and_huge_input_leave_the_relay_serving_and_lose_nothing() {
     if !have_tool("swaks") {
         return;
     }
-    let (_dir, relay, mut node) = setup("smtp-garbage", "");
+    let (_dir, relay, mut node) = relay_with_alice("smtp-garbage", "");
     // Something accepted first, while the node is away.
     node.kill9();
     let tok = token();
@@ -181,7 +170,7 @@ fn garbage_and_huge_input_leave_the_relay_serving_and_lose_nothing() {
 
 #[test]
 fn per_ip_connection_limit_and_idle_timeout() {
-    let (_dir, relay, _node) = setup("smtp-limits", "");
+    let (_dir, relay, _node) = relay_with_alice("smtp-limits", "");
     let mut held = Vec::new();
     for _ in 0..20 {
         held.push(RawSmtp::connect(relay.smtp));
@@ -208,7 +197,7 @@ fn per_ip_connection_limit_and_idle_timeout() {
 
 #[test]
 fn idle_clients_time_out() {
-    let (_dir, relay, _node) = setup("smtp-timeout", "");
+    let (_dir, relay, _node) = relay_with_alice("smtp-timeout", "");
     // Rewrite the timeout: a relay with a 2 s command timeout.
     let text = std::fs::read_to_string(&relay.config).expect("config");
     std::fs::write(
