@@ -79,12 +79,4 @@ impl Hub {
             }
         }
     }
-
-    /// Whether a node of `handle` is connected to this relay instance.
-    pub fn is_connected(&self, handle: &str) -> bool {
-        self.inner
-            .lock()
-            .map(|m| m.contains_key(handle))
-            .unwrap_or(false)
-    }
 }

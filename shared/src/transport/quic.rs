@@ -248,15 +248,6 @@ impl QuicConnector {
             config,
         })
     }
-
-    /// Moves the node's socket to a new local port, as a NAT rebinding or an
-    /// address change would; live connections migrate with it.
-    pub fn rebind(&self) -> Result<(), TransportError> {
-        let addr = self.endpoint.local_addr()?;
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0))?;
-        self.endpoint.rebind(socket)?;
-        Ok(())
-    }
 }
 
 impl Connector for QuicConnector {
