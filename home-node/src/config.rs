@@ -2,6 +2,7 @@
 //! `ops/node.example.toml`.
 
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -13,6 +14,32 @@ pub struct NodeConfig {
     /// Where the node keeps its keys and its mail store.
     pub data_dir: PathBuf,
     pub relay: RelayLink,
+    /// Where mail apps reach the node (IMAP, POP3) and how.
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// The mail-access servers. Each listener is optional; none is started when
+/// the section is absent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// IMAP with STARTTLS (RFC 3501 / 9051), e.g. `127.0.0.1:143`.
+    pub imap: Option<SocketAddr>,
+    /// IMAP in implicit TLS (RFC 8314), e.g. `0.0.0.0:993`.
+    pub imaps: Option<SocketAddr>,
+    /// POP3 with STLS (RFC 1939, 2595), e.g. `127.0.0.1:110`.
+    pub pop3: Option<SocketAddr>,
+    /// POP3 in implicit TLS, e.g. `0.0.0.0:995`.
+    pub pop3s: Option<SocketAddr>,
+    /// The TLS certificate chain (PEM) for the names apps use; with `tls_key`.
+    /// Without them the node makes a self-signed one (apps will warn).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Hand apps the stored OpenPGP ciphertext (PGP/MIME) instead of the
+    /// decrypted message, for apps that decrypt themselves.
+    #[serde(default)]
+    pub ciphertext_to_apps: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

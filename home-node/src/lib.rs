@@ -1,7 +1,10 @@
 //! The Own-Mailbox home node: keeps the keys and the mail, dials out to the relay.
 
+pub mod access;
 pub mod config;
+pub mod imap;
 pub mod keys;
 pub mod node;
+pub mod pop3;
 pub mod store;
 pub mod tunnel;

@@ -29,6 +29,9 @@ enum Command {
     },
     /// Prints the node's OpenPGP fingerprint and tunnel key.
     Keys,
+    /// Sets the password mail apps log in with (read from standard input; only
+    /// its Argon2id hash is kept).
+    Password,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +65,17 @@ async fn main() -> anyhow::Result<()> {
                 _ = node.tasks.join_next() => anyhow::bail!("the node stopped unexpectedly"),
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
+        }
+        Command::Password => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            std::fs::create_dir_all(&config.data_dir)?;
+            omb_node::access::login::set_password(&config.data_dir, password)?;
+            println!("password set for {}", config.address);
+            Ok(())
         }
         Command::Keys => {
             let keys = Keys::load_or_create(&config.data_dir, &config.address)?;

@@ -1,5 +1,6 @@
 //! Starts the node's parts from its configuration.
 
+use crate::access::AccessContext;
 use crate::config::NodeConfig;
 use crate::keys::Keys;
 use crate::store::MailStore;
@@ -35,6 +36,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(client.run());
+    let access = AccessContext::new(&config, keys.clone(), store.clone())
+        .context("cannot set up the mail-access servers")?;
+    crate::imap::spawn(&access, &config.access, &mut tasks).await?;
+    crate::pop3::spawn(&access, &config.access, &mut tasks).await?;
     Ok(RunningNode {
         keys,
         store,

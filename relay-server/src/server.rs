@@ -8,9 +8,9 @@ use crate::mx::MxServer;
 use crate::store::Store;
 use crate::tunnel::{Hub, TunnelContext};
 use anyhow::Context;
+use omb_shared::tls::CertSource;
 use omb_shared::transport::quic::{QuicListener, RelayTlsIdentity};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -174,38 +174,12 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
 /// The MX's TLS: the configured PEM files, or a self-signed pair made once in
 /// the data folder (senders on the Internet use opportunistic TLS and accept it).
 fn mx_tls(config: &RelayConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
-    let (cert_path, key_path) = match (&config.smtp.tls_cert, &config.smtp.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
-            let c = config.data_dir.join("mx-cert.pem");
-            let k = config.data_dir.join("mx-key.pem");
-            if !c.exists() || !k.exists() {
-                let key = rcgen::KeyPair::generate()?;
-                let cert =
-                    rcgen::CertificateParams::new(vec![hostname.to_string()])?.self_signed(&key)?;
-                omb_shared::pgp::write_private_file(&k, key.serialize_pem().as_bytes())?;
-                std::fs::write(&c, cert.pem())?;
-            }
-            (c, k)
-        }
-    };
-    let certs = load_certs(&cert_path)?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(
-        &key_path,
-    )?))?
-    .with_context(|| format!("no private key in {}", key_path.display()))?;
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    Ok(TlsAcceptor::from(Arc::new(tls)))
-}
-
-fn load_certs(path: &Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    let mut reader = std::io::BufReader::new(
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+    let source = CertSource::from_config(
+        config.smtp.tls_cert.as_deref(),
+        config.smtp.tls_key.as_deref(),
+        &config.data_dir,
+        "mx",
+        vec![hostname.to_string()],
     );
-    Ok(rustls_pemfile::certs(&mut reader).collect::<Result<Vec<_>, _>>()?)
+    Ok(TlsAcceptor::from(omb_shared::tls::server_config(&source)?))
 }

@@ -3,7 +3,7 @@
 //! tests. The contract is in DESIGN.md ("The sandbox contract").
 
 use anyhow::Context;
-use omb_node::config::{NodeConfig, RelayLink};
+use omb_node::config::{AccessConfig, NodeConfig, RelayLink};
 use omb_node::tunnel::TunnelState;
 use omb_relay::config::{DnsConfig, RelayConfig, SmtpConfig, TunnelConfig};
 use serde::Serialize;
@@ -44,6 +44,12 @@ pub struct NodeManifest {
     pub name: String,
     pub address: String,
     pub password: String,
+    /// IMAP with STARTTLS, and in implicit TLS (certificate signed by `ca_cert`).
+    pub imap: Option<SocketAddr>,
+    pub imaps: Option<SocketAddr>,
+    /// POP3 with STLS, and in implicit TLS.
+    pub pop3: Option<SocketAddr>,
+    pub pop3s: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub openpgp_fingerprint: String,
 }
@@ -61,7 +67,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
     let dir = std::path::absolute(&opts.dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let _ = std::fs::remove_file(dir.join("sandbox.json"));
-    let ca_cert = write_ca(&dir)?;
+    let ca = write_ca(&dir)?;
 
     let relay_dir = dir.join("relay");
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -108,6 +114,17 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             Some(relay.store.create_link_token(&handle).await?)
         };
         let address = format!("{handle}@{DOMAIN}");
+        let (tls_cert, tls_key) = ca.node_cert(&node_dir, &handle)?;
+        let access = AccessConfig {
+            imap: Some(loopback_port()),
+            imaps: Some(loopback_port()),
+            pop3: Some(loopback_port()),
+            pop3s: Some(loopback_port()),
+            tls_cert: Some(tls_cert),
+            tls_key: Some(tls_key),
+            ciphertext_to_apps: false,
+        };
+        let password = password(&node_dir)?;
         let node_config = NodeConfig {
             address: address.clone(),
             data_dir: node_dir.clone(),
@@ -116,6 +133,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
                 pin: relay.tunnel_pin.clone(),
                 link_token,
             },
+            access: access.clone(),
         };
         // A config file beside the node's folder, so `omb-node -c DIR/nodes/NAME.toml
         // mail list` reads its mail while (or after) the sandbox runs.
@@ -134,7 +152,11 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         node_manifests.push(NodeManifest {
             name: handle.clone(),
             address,
-            password: password(&node_dir)?,
+            password,
+            imap: access.imap,
+            imaps: access.imaps,
+            pop3: access.pop3,
+            pop3s: access.pop3s,
             data_dir: node_dir,
             openpgp_fingerprint: omb_shared::pgp::fingerprint(&node.keys.openpgp).0,
         });
@@ -164,7 +186,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             tunnel: relay.tunnel,
             data_dir: relay_dir,
         },
-        ca_cert,
+        ca_cert: ca.cert.clone(),
         nodes: node_manifests,
     };
     let json = serde_json::to_vec_pretty(&manifest)?;
@@ -178,36 +200,81 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
     })
 }
 
-/// The sandbox's certificate authority (it signs the nodes' TLS certificates
-/// as the mail-access parts arrive), made once per folder.
-fn write_ca(dir: &Path) -> anyhow::Result<PathBuf> {
+/// The sandbox's certificate authority, which signs the nodes' TLS
+/// certificates, made once per folder (`ca.pem`; its key `ca-key.pem`).
+struct SandboxCa {
+    cert: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+fn ca_params() -> anyhow::Result<rcgen::CertificateParams> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Own-Mailbox sandbox CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    Ok(params)
+}
+
+fn write_ca(dir: &Path) -> anyhow::Result<SandboxCa> {
     let cert_path = dir.join("ca.pem");
     let key_path = dir.join("ca-key.pem");
     if !cert_path.exists() || !key_path.exists() {
         let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Own-Mailbox sandbox CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let cert = params.self_signed(&key)?;
+        let cert = ca_params()?.self_signed(&key)?;
         omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
         std::fs::write(&cert_path, cert.pem())?;
     }
-    Ok(cert_path)
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)?;
+    Ok(SandboxCa {
+        cert: cert_path,
+        issuer: rcgen::Issuer::new(ca_params()?, key),
+    })
 }
 
-/// The node's mail-access password, made once.
+impl SandboxCa {
+    /// A certificate for a node's mail-access servers, for `HANDLE.sandbox.test`,
+    /// `localhost` and 127.0.0.1, made once in the node's folder.
+    fn node_cert(&self, node_dir: &Path, handle: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let cert_path = node_dir.join("access-cert.pem");
+        let key_path = node_dir.join("access-key.pem");
+        if !cert_path.exists() || !key_path.exists() {
+            let key = rcgen::KeyPair::generate()?;
+            let mut params = rcgen::CertificateParams::new(vec![
+                format!("{handle}.{DOMAIN}"),
+                "localhost".to_string(),
+            ])?;
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("{handle}.{DOMAIN}"));
+            let cert = params.signed_by(&key, &self.issuer)?;
+            omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+            std::fs::write(&cert_path, cert.pem())?;
+        }
+        Ok((cert_path, key_path))
+    }
+}
+
+/// The node's mail-access password, made once; the node keeps its hash.
 fn password(node_dir: &Path) -> anyhow::Result<String> {
     let path = node_dir.join("password");
     if let Ok(p) = std::fs::read_to_string(&path) {
         return Ok(p.trim().to_string());
     }
     let p = hex::encode(rand::random::<[u8; 12]>());
+    omb_node::access::login::set_password(node_dir, &p)?;
     omb_shared::pgp::write_private_file(&path, p.as_bytes())?;
     Ok(p)
+}
+
+/// A free loopback port (never handed out twice in this process).
+fn loopback_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()))
 }

@@ -1,0 +1,182 @@
+//! Logging in. A node serves one account; its password is kept only as an
+//! Argon2id hash (PHC string) in `DATA_DIR/password.argon2`, read at each
+//! attempt so `omb-node password set` takes effect at once. Failed attempts are
+//! slowed down and, past a limit, refused per client address for a while.
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Failures from one address within this window count towards the limit.
+const WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Failures from one address within `WINDOW` after which it is refused.
+const MAX_FAILURES: usize = 8;
+/// Every failure is answered this late, so guessing is slow even in parallel.
+const FAILURE_DELAY: Duration = Duration::from_millis(300);
+
+const FILE: &str = "password.argon2";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoginError {
+    #[error("wrong user name or password")]
+    Failed,
+    #[error("too many failed logins from this address; try again later")]
+    Throttled,
+    #[error("no password is set on this node (run `omb-node password set`)")]
+    NoPassword,
+}
+
+pub struct Login {
+    address: String,
+    local_part: String,
+    hash_file: PathBuf,
+    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+}
+
+impl Login {
+    /// The login of the account `address`, whose hash lives in `data_dir`.
+    pub fn new(data_dir: &Path, address: &str) -> Self {
+        let address = address.to_lowercase();
+        let local_part = address
+            .rsplit_once('@')
+            .map(|(l, _)| l.to_string())
+            .unwrap_or_else(|| address.clone());
+        Login {
+            address,
+            local_part,
+            hash_file: data_dir.join(FILE),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The user name apps log in with: the whole address, or its local part.
+    pub fn is_user(&self, user: &str) -> bool {
+        let user = user.to_lowercase();
+        user == self.address || user == self.local_part
+    }
+
+    /// The account's address (what a successful login is for).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Checks a user name and password from a client at `peer`.
+    pub async fn check(&self, peer: IpAddr, user: &str, password: &str) -> Result<(), LoginError> {
+        if self.throttled(peer) {
+            tokio::time::sleep(FAILURE_DELAY).await;
+            return Err(LoginError::Throttled);
+        }
+        let hash = match std::fs::read_to_string(&self.hash_file) {
+            Ok(h) => h.trim().to_string(),
+            Err(_) => return Err(LoginError::NoPassword),
+        };
+        let user_ok = self.is_user(user);
+        let password = password.to_string();
+        // Verify even for a wrong user name, so timing does not tell them apart.
+        let password_ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
+            .await
+            .unwrap_or(false);
+        if user_ok && password_ok {
+            return Ok(());
+        }
+        self.record_failure(peer);
+        tracing::warn!(%peer, "failed login");
+        tokio::time::sleep(FAILURE_DELAY).await;
+        Err(LoginError::Failed)
+    }
+
+    fn throttled(&self, peer: IpAddr) -> bool {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        failures.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < WINDOW);
+            !times.is_empty()
+        });
+        failures.get(&peer).is_some_and(|t| t.len() >= MAX_FAILURES)
+    }
+
+    fn record_failure(&self, peer: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.entry(peer).or_default().push(Instant::now());
+    }
+}
+
+fn verify(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The Argon2id hash (PHC string, fresh salt, the crate's default cost) of a password.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+}
+
+/// Sets the account's password (only its hash is written, mode 0600).
+pub fn set_password(data_dir: &Path, password: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        password.chars().count() >= 8,
+        "a password must have at least 8 characters"
+    );
+    let hash = hash_password(password)?;
+    let tmp = data_dir.join(format!("{FILE}.tmp"));
+    omb_shared::pgp::write_private_file(&tmp, hash.as_bytes())?;
+    std::fs::rename(&tmp, data_dir.join(FILE))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn right_password_logs_in_and_repeated_failures_are_refused() {
+        let dir = std::env::temp_dir().join(format!("omb-login-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let login = Login::new(&dir, "Alice@Sandbox.test");
+        let peer: IpAddr = [127, 0, 0, 1].into();
+        assert_eq!(
+            login.check(peer, "alice", "whatever").await,
+            Err(LoginError::NoPassword)
+        );
+        set_password(&dir, "correct horse").unwrap();
+        assert!(login
+            .check(peer, "alice@sandbox.test", "correct horse")
+            .await
+            .is_ok());
+        assert!(login.check(peer, "ALICE", "correct horse").await.is_ok());
+        assert_eq!(
+            login.check(peer, "bob", "correct horse").await,
+            Err(LoginError::Failed)
+        );
+        for _ in 1..MAX_FAILURES {
+            assert_eq!(
+                login.check(peer, "alice", "wrong").await,
+                Err(LoginError::Failed)
+            );
+        }
+        // Now even the right password is refused from that address ...
+        assert_eq!(
+            login.check(peer, "alice", "correct horse").await,
+            Err(LoginError::Throttled)
+        );
+        // ... but not from another one.
+        let other: IpAddr = [127, 0, 0, 2].into();
+        assert!(login.check(other, "alice", "correct horse").await.is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
