@@ -117,6 +117,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 spf,
                 dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
                 extra_hosts: vec![],
+                handle_services: client_services(&config),
             })
             .context("cannot build the relay's DNS zone")?;
             let server = DnsServer::bind(addr, Arc::new(zone))
@@ -182,4 +183,13 @@ fn mx_tls(config: &RelayConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
         vec![hostname.to_string()],
     );
     Ok(TlsAcceptor::from(omb_shared::tls::server_config(&source)?))
+}
+
+/// The RFC 6186 services published under every `HANDLE.DOMAIN`: what the
+/// relay passes through to the nodes, and "not offered" for the rest.
+fn client_services(_config: &RelayConfig) -> Vec<(String, Option<u16>)> {
+    ["_imap", "_imaps", "_pop3", "_pop3s", "_submission"]
+        .into_iter()
+        .map(|s| (s.to_string(), None))
+        .collect()
 }

@@ -30,6 +30,7 @@ pub(super) fn sandbox_config() -> ZoneConfig {
             "smtp.out.sandbox.test".into(),
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
         )],
+        handle_services: vec![("_imaps".into(), Some(993)), ("_imap".into(), None)],
     }
 }
 
@@ -231,6 +232,49 @@ async fn handle_names_and_any() {
     let any = udp(server.addr, "sandbox.test.", RecordType::ANY).await;
     assert_eq!(any.answers.len(), 1);
     assert!(matches!(&any.answers[0].data, RData::HINFO(h) if &*h.cpu == b"RFC8482"));
+}
+
+#[tokio::test]
+async fn rfc6186_services_under_handle_names() {
+    let server = start(sandbox_zone()).await;
+
+    let imaps = udp(
+        server.addr,
+        "_IMAPS._tcp.Alice.sandbox.test.",
+        RecordType::SRV,
+    )
+    .await;
+    assert_eq!(imaps.response_code, ResponseCode::NoError);
+    match &imaps.answers[..] {
+        [record] => match &record.data {
+            RData::SRV(srv) => {
+                assert_eq!(srv.port, 993);
+                assert_eq!(srv.target, name("alice.sandbox.test."));
+            }
+            other => panic!("not an SRV: {other:?}"),
+        },
+        other => panic!("one SRV expected, got {other:?}"),
+    }
+    // Plain IMAP is not offered: target "." (RFC 6186 §4).
+    let imap = udp(server.addr, "_imap._tcp.bob.sandbox.test.", RecordType::SRV).await;
+    assert!(matches!(&imap.answers[0].data, RData::SRV(s) if s.target.is_root()));
+    // The name exists, with no other type; its parent is an empty non-terminal.
+    for (qname, qtype) in [
+        ("_imaps._tcp.alice.sandbox.test.", RecordType::A),
+        ("_tcp.alice.sandbox.test.", RecordType::SRV),
+    ] {
+        let nodata = udp(server.addr, qname, qtype).await;
+        assert_eq!(nodata.response_code, ResponseCode::NoError, "{qname}");
+        assert!(nodata.answers.is_empty(), "{qname}");
+    }
+    for missing in [
+        "_pop3s._tcp.alice.sandbox.test.",
+        "_imaps._udp.alice.sandbox.test.",
+        "_imaps._tcp.sandbox.test.",
+    ] {
+        let nx = udp(server.addr, missing, RecordType::SRV).await;
+        assert_eq!(nx.response_code, ResponseCode::NXDomain, "{missing}");
+    }
 }
 
 #[tokio::test]

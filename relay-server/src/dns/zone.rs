@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::Query;
-use hickory_proto::rr::rdata::{HINFO, MX, NS, SOA, TXT};
+use hickory_proto::rr::rdata::{HINFO, MX, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use super::{Answer, ZoneSource};
@@ -42,6 +42,11 @@ pub struct ZoneConfig {
     pub dmarc: String,
     /// More A/AAAA names, absolute and inside the zone.
     pub extra_hosts: Vec<(String, IpAddr)>,
+    /// The RFC 6186 services published for every `HANDLE.DOMAIN`, as
+    /// `_SERVICE._tcp.HANDLE.DOMAIN` SRV records: the service label (e.g.
+    /// `_imaps`) and the relay's port for it, or `None` for "not offered"
+    /// (target `.`, RFC 6186 §4).
+    pub handle_services: Vec<(String, Option<u16>)>,
 }
 
 /// A [`ZoneConfig`] that cannot be served.
@@ -80,6 +85,8 @@ pub struct RelayZone {
     nodes: HashMap<Name, Vec<Record>>,
     /// The records of `*.DOMAIN`, synthesized for `HANDLE.DOMAIN` (RFC 4592 §3.3).
     handle: Vec<Record>,
+    /// RFC 6186 services under every `HANDLE.DOMAIN` (lower-case labels).
+    handle_services: Vec<(String, Option<u16>)>,
 }
 
 impl RelayZone {
@@ -103,6 +110,11 @@ impl RelayZone {
             origin: origin.clone(),
             nodes: HashMap::new(),
             handle: Vec::new(),
+            handle_services: config
+                .handle_services
+                .iter()
+                .map(|(label, port)| (label.to_ascii_lowercase(), *port))
+                .collect(),
         };
         let serial = unix_serial();
         let soa = SOA::new(
@@ -191,6 +203,37 @@ impl RelayZone {
             .next()
             .is_some_and(|label| is_host_label(label) || label == b"*")
     }
+
+    /// The answer for a name below `HANDLE.DOMAIN`: `_SERVICE._tcp.HANDLE.DOMAIN`
+    /// holds the SRV record telling mail apps where that account's node is
+    /// reached (RFC 6186 §3; the relay passes the TLS connection through), and
+    /// `_tcp.HANDLE.DOMAIN` is an empty non-terminal. `None`: no such name.
+    fn handle_service(&self, name: &Name, query_type: RecordType) -> Option<Answer> {
+        let apex_depth = self.origin.iter().count();
+        let depth = name.iter().count();
+        if !(apex_depth + 2..=apex_depth + 3).contains(&depth) || self.handle_services.is_empty() {
+            return None;
+        }
+        let labels: Vec<&[u8]> = name.iter().collect();
+        let (proto, handle) = (
+            labels[depth - apex_depth - 2],
+            labels[depth - apex_depth - 1],
+        );
+        if !proto.eq_ignore_ascii_case(b"_tcp") || !is_host_label(handle) {
+            return None;
+        }
+        if depth == apex_depth + 2 {
+            return Some(Answer::NoData);
+        }
+        let service = String::from_utf8_lossy(labels[0]).to_ascii_lowercase();
+        let (_, port) = self.handle_services.iter().find(|(s, _)| *s == service)?;
+        let srv = match port {
+            Some(port) => SRV::new(0, 1, *port, name.trim_to(apex_depth + 1).to_lowercase()),
+            None => SRV::new(0, 0, 0, Name::root()),
+        };
+        let records = [Record::from_rdata(name.clone(), TTL, RData::SRV(srv))];
+        Some(select(&records, query_type, name))
+    }
 }
 
 impl ZoneSource for RelayZone {
@@ -203,7 +246,11 @@ impl ZoneSource for RelayZone {
         let records = match self.nodes.get(&name) {
             Some(records) => records,
             None if self.is_handle(&name) => &self.handle,
-            None => return Answer::NxDomain,
+            None => {
+                return self
+                    .handle_service(&name, query.query_type())
+                    .unwrap_or(Answer::NxDomain)
+            }
         };
         select(records, query.query_type(), &name)
     }
