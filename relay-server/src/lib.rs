@@ -9,3 +9,4 @@ pub mod mx;
 pub mod server;
 pub mod store;
 pub mod tunnel;
+pub mod web;

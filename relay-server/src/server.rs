@@ -7,6 +7,7 @@ use crate::mx::accept::Acceptor;
 use crate::mx::MxServer;
 use crate::store::Store;
 use crate::tunnel::{Hub, TunnelContext};
+use crate::web::{ClientSettings, WebContext};
 use anyhow::Context;
 use omb_shared::tls::CertSource;
 use omb_shared::transport::quic::{QuicListener, RelayTlsIdentity};
@@ -20,6 +21,7 @@ pub struct RunningRelay {
     pub smtp: SocketAddr,
     pub tunnel: SocketAddr,
     pub dns: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
     /// SHA-256 of the tunnel certificate, which nodes pin.
     pub tunnel_pin: String,
     pub store: Store,
@@ -161,10 +163,27 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
 
+    let http = match config.http.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            let local = listener.local_addr()?;
+            let ctx = Arc::new(WebContext {
+                store: store.clone(),
+                clients: client_settings(&config),
+            });
+            tasks.spawn(crate::web::serve(listener, ctx));
+            Some(local)
+        }
+        None => None,
+    };
+
     Ok(RunningRelay {
         smtp,
         tunnel,
         dns,
+        http,
         tunnel_pin: identity.pin(),
         store,
         hub,
@@ -192,4 +211,14 @@ fn client_services(_config: &RelayConfig) -> Vec<(String, Option<u16>)> {
         .into_iter()
         .map(|s| (s.to_string(), None))
         .collect()
+}
+
+/// How mail apps reach the nodes through this relay (for autoconfig).
+fn client_settings(config: &RelayConfig) -> ClientSettings {
+    ClientSettings {
+        domain: config.domain.clone(),
+        imaps: None,
+        pop3s: None,
+        submissions: None,
+    }
 }

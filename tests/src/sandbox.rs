@@ -92,6 +92,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         },
         accounts: Default::default(),
+        http: omb_relay::config::HttpConfig { listen: Some(any) },
     };
     let quota = config.accounts.quota_bytes;
     let relay = omb_relay::server::start(config).await?;
@@ -180,8 +181,10 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         relay: RelayManifest {
             domain: DOMAIN.to_string(),
             smtp: relay.smtp,
-            // The relay's web front comes with issue 4; nothing listens here yet.
-            http: String::new(),
+            http: relay
+                .http
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default(),
             dns,
             tunnel: relay.tunnel,
             data_dir: relay_dir,
