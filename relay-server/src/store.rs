@@ -7,8 +7,9 @@ use omb_shared::types::{NodeKey, QueueId};
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +43,8 @@ pub struct Recipient {
     /// The node's OpenPGP certificate (binary); `None` until a node is linked.
     pub cert: Option<Vec<u8>>,
     pub quota_bytes: i64,
+    /// Bytes of the account's mail waiting in the spool now.
+    pub spooled_bytes: i64,
 }
 
 /// One message in the spool, for one account.
@@ -109,7 +112,9 @@ impl Store {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
-                        sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;")
+                        // Checkpoints run in their own task (`checkpoint_loop`),
+                        // not inside whichever commit crosses the WAL threshold.
+                        sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;")
                             .execute(&mut *conn)
                             .await?;
                     }
@@ -120,7 +125,11 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let (writer, rx) = mpsc::channel(1024);
-        tokio::spawn(write_loop(pool.clone(), rx));
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(write_loop(pool.clone(), rx, committed.clone()));
+        if is_sqlite {
+            tokio::spawn(checkpoint_loop(pool.clone(), committed));
+        }
         Ok(Store { pool, writer })
     }
 
@@ -251,22 +260,32 @@ impl Store {
             .collect()
     }
 
-    /// Looks up a recipient address (any case).
+    /// Looks up a recipient address (any case), with its account's spool use.
     pub async fn recipient(&self, address: &str) -> Result<Option<Recipient>, StoreError> {
         let row = sqlx::query(
-            "SELECT a.handle, n.openpgp_cert, c.quota_bytes FROM addresses a \
+            "SELECT a.handle, n.openpgp_cert, c.quota_bytes, COALESCE(b.bytes, 0) FROM addresses a \
              JOIN accounts c ON c.handle = a.handle \
-             LEFT JOIN nodes n ON n.handle = a.handle WHERE a.address = $1",
+             LEFT JOIN nodes n ON n.handle = a.handle \
+             LEFT JOIN spool_bytes b ON b.handle = a.handle WHERE a.address = $1",
         )
         .bind(address.to_lowercase())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(Recipient {
-            handle: row.try_get(0)?,
-            cert: row.try_get(1)?,
-            quota_bytes: row.try_get(2)?,
-        }))
+        row.as_ref().map(recipient_from).transpose()
+    }
+
+    /// The same for an account, by handle: one query for what the end of DATA
+    /// needs (certificate, quota, spool use).
+    pub async fn account_recipient(&self, handle: &str) -> Result<Option<Recipient>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.handle, n.openpgp_cert, c.quota_bytes, COALESCE(b.bytes, 0) FROM accounts c \
+             LEFT JOIN nodes n ON n.handle = c.handle \
+             LEFT JOIN spool_bytes b ON b.handle = c.handle WHERE c.handle = $1",
+        )
+        .bind(handle)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(recipient_from).transpose()
     }
 
     // ---- spool ----------------------------------------------------------------
@@ -388,7 +407,7 @@ impl Store {
 /// waiting and commits them in one transaction (group commit), so concurrent
 /// sessions share one fsync instead of queueing for one each. Each caller hears
 /// back only after the commit that holds its write.
-async fn write_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteOp>) {
+async fn write_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteOp>, committed: Arc<Notify>) {
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < 256 {
@@ -399,6 +418,7 @@ async fn write_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteOp>) {
         }
         match write_batch(&pool, &ops).await {
             Ok(deleted) => {
+                committed.notify_one();
                 let mut deleted = deleted.into_iter();
                 for op in ops {
                     match op {
@@ -424,6 +444,27 @@ async fn write_loop(pool: AnyPool, mut rx: mpsc::Receiver<WriteOp>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// SQLite only: copies the write-ahead log back into the database shortly
+/// after commits, on its own connection. A PASSIVE checkpoint never blocks the
+/// spool writer, so a sender's `250` does not wait for a checkpoint's copying
+/// and fsync, as it would with SQLite's automatic checkpoint at commit time.
+async fn checkpoint_loop(pool: AnyPool, committed: Arc<Notify>) {
+    loop {
+        committed.notified().await;
+        // Let a burst of commits pass, then checkpoint them together.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit");
         }
     }
 }
@@ -481,6 +522,15 @@ async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx
     }
     tx.commit().await?;
     Ok(deleted)
+}
+
+fn recipient_from(row: &AnyRow) -> Result<Recipient, StoreError> {
+    Ok(Recipient {
+        handle: row.try_get(0)?,
+        cert: row.try_get(1)?,
+        quota_bytes: row.try_get(2)?,
+        spooled_bytes: row.try_get(3)?,
+    })
 }
 
 fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {

@@ -62,14 +62,8 @@ impl Acceptor {
         match self.store.recipient(&address.canonical()).await {
             Ok(None) => RcptVerdict::Unknown,
             Ok(Some(r)) if r.cert.is_none() => RcptVerdict::NotActive,
-            Ok(Some(r)) => match self.store.spool_usage(&r.handle).await {
-                Ok(used) if used >= r.quota_bytes => RcptVerdict::OverQuota,
-                Ok(_) => RcptVerdict::Accept(r.handle),
-                Err(e) => {
-                    warn!(error = %e, "spool usage look-up failed");
-                    RcptVerdict::TempFail
-                }
-            },
+            Ok(Some(r)) if r.spooled_bytes >= r.quota_bytes => RcptVerdict::OverQuota,
+            Ok(Some(r)) => RcptVerdict::Accept(r.handle),
             Err(e) => {
                 warn!(error = %e, "recipient look-up failed");
                 RcptVerdict::TempFail
@@ -97,7 +91,7 @@ impl Acceptor {
         let mut entries = Vec::with_capacity(by_handle.len());
         for (handle, rcpts) in by_handle {
             let id = QueueId::generate();
-            let recipient = match self.store.recipient(&rcpts[0]).await {
+            let recipient = match self.store.account_recipient(&handle).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return StoreVerdict::TempFail,
                 Err(e) => {
@@ -105,12 +99,8 @@ impl Acceptor {
                     return StoreVerdict::TempFail;
                 }
             };
-            match self.store.spool_usage(&handle).await {
-                Ok(used) if used + tx.data.len() as i64 > recipient.quota_bytes => {
-                    return StoreVerdict::OverQuota
-                }
-                Ok(_) => {}
-                Err(_) => return StoreVerdict::TempFail,
+            if recipient.spooled_bytes + tx.data.len() as i64 > recipient.quota_bytes {
+                return StoreVerdict::OverQuota;
             }
             let Some(cert_bytes) = recipient.cert else {
                 return StoreVerdict::TempFail;
