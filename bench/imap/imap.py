@@ -57,29 +57,36 @@ def figures(r):
     """The figures of one system, each (value, unit)."""
     if not r or "select_s" not in r:
         return {}
-    rnd = r["random"]
-    return {
+    out = {
         "select_cold": r["select_cold_s"],
         "select": median(r["select_s"]),
         "fetch_envelope": median(r["fetch_envelope_s"]),
-        "fetch_per_s": rnd["per_s"],
-        "fetch_per_cpu_s": rnd["per_server_cpu_s"],
-        "rss": r["rss_max"],
-        "pss": r["pss_max"],
-        "peak": r["peak"],
     }
+    for mode, rnd in r["random"].items():
+        out[f"fetch_{mode}_per_s"] = rnd["per_s"]
+        out[f"fetch_{mode}_per_cpu_s"] = rnd["per_server_cpu_s"]
+    out.update(rss=r["rss_max"], pss=r["pss_max"], peak=r["peak"])
+    return out
 
 
-ROWS = [  # key, label, unit, better, target
-    ("select_cold", "SELECT INBOX, first after start (ms)", "ms", "lower", None),
-    ("select", "SELECT INBOX, median of {sel} (ms)", "ms", "lower", "<= dovecot"),
-    ("fetch_envelope", "FETCH 1:* (FLAGS ENVELOPE), median of {fe} (ms)", "ms", "lower", "<= dovecot"),
-    ("fetch_per_s", "UID FETCH BODY[] per s, {cl} clients", "/s", "higher", ">= dovecot"),
-    ("fetch_per_cpu_s", "  per CPU-second of the server", "/s", "higher", None),
-    ("rss", "RSS, largest sample during IMAP (MiB)", "MiB", "lower", "omb < 50 MiB"),
-    ("pss", "PSS, largest sample (MiB)", "MiB", "lower", None),
-    ("peak", "peak RSS (sum of VmHWM) during IMAP (MiB)", "MiB", "lower", "omb < 50 MiB"),
-]
+ITEM_LABEL = {"peek": "BODY.PEEK[]", "body": "BODY[] (sets \\Seen)"}
+
+
+def rows(args):
+    """(key, label, unit, target) of every figure, in the order printed."""
+    out = [
+        ("select_cold", "SELECT INBOX, first after start (ms)", "ms", None),
+        ("select", f"SELECT INBOX, median of {args.select_runs} (ms)", "ms", "<= dovecot"),
+        ("fetch_envelope", f"FETCH 1:* (FLAGS ENVELOPE), median of {args.fetch_runs} (ms)", "ms", "<= dovecot"),
+    ]
+    for mode in args.fetch:
+        out += [(f"fetch_{mode}_per_s", f"UID FETCH {ITEM_LABEL[mode]} /s, {args.clients} clients", "/s", ">= dovecot"),
+                (f"fetch_{mode}_per_cpu_s", "  per CPU-second of the server", "/s", None)]
+    return out + [
+        ("rss", "RSS, largest sample during IMAP (MiB)", "MiB", "omb < 50 MiB"),
+        ("pss", "PSS, largest sample (MiB)", "MiB", None),
+        ("peak", "peak RSS (sum of VmHWM) during IMAP (MiB)", "MiB", "omb < 50 MiB"),
+    ]
 
 
 def verdict(key, target, o, d):
@@ -94,20 +101,17 @@ def verdict(key, target, o, d):
     return "target met" if o >= d else "NOT met"
 
 
-FETCH_ITEM = {True: "BODY.PEEK[]", False: "BODY[] (sets \\Seen)"}
-
-
 def report(results, args, ctx, sizes):
     d, o = figures(results.get("dovecot")), figures(results.get("omb"))
     print()
     print(f"IMAP benchmark: {args.messages} messages (median {statistics.median(sizes) / 1024:.1f} KiB, "
-          f"{sum(sizes) / MiB:.0f} MiB in all), loopback, plaintext LOGIN; "
-          f"{FETCH_ITEM[args.peek]} fetches for {args.duration:g} s")
+          f"{sum(sizes) / MiB:.0f} MiB in all), loopback, plaintext LOGIN; random fetches for "
+          f"{args.duration:g} s each")
     print(f"machine: nproc={os.cpu_count()}, load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
     for label, (busy, top) in ctx.items():
         print(f"  {label}: CPU busy {busy:.0f}% over 1 s; top: {top}")
     if "dovecot" in results:
-        x = results["dovecot"]["random"]
+        x = list(results["dovecot"]["random"].values())[-1]
         print(f"dovecot: {results['dovecot'].get('version', '?')}; its memory is the sum over its processes "
               f"({x['procs']} at the end of the fetches: {x['process_names']})")
     print()
@@ -115,8 +119,7 @@ def report(results, args, ctx, sizes):
     print(f"{'figure':{w}} {'dovecot':>9} {'omb':>9} {'omb/dovecot':>11}  target")
     print("-" * (w + 50))
     verdicts = {}
-    for key, label, unit, better, target in ROWS:
-        label = label.format(sel=args.select_runs, fe=args.fetch_runs, cl=args.clients)
+    for key, label, unit, target in rows(args):
         dv, ov = d.get(key), o.get(key)
         ratio = f"{ov / dv:.2f}x" if dv and ov is not None else "n/a"
         v = verdict(key, target, ov, dv)
@@ -127,11 +130,13 @@ def report(results, args, ctx, sizes):
     for name in ("dovecot", "omb"):
         r = results.get(name)
         if r and "random" in r:
-            x = r["random"]
-            print(f"{name}: fetches {x['fetches']} ({x['mib_per_s']:.1f} MiB/s), latency p50 {x['lat_p50_ms']:.2f} ms "
-                  f"p99 {x['lat_p99_ms']:.2f} ms; CPU (100% = one core) server {x['server_cpu_pct']:.0f}%, "
-                  f"driver {x['driver_cpu_pct']:.0f}%, whole machine {x['machine_cpu_pct']:.0f}%; "
-                  f"FETCH ENVELOPE runs {[round(t * 1000) for t in r['fetch_envelope_s']]} ms")
+            print(f"{name}: FETCH ENVELOPE runs {[round(t * 1000) for t in r['fetch_envelope_s']]} ms, "
+                  f"SELECT runs {[round(t * 1000, 1) for t in r['select_s']]} ms")
+            for mode, x in r["random"].items():
+                print(f"{name} {ITEM_LABEL[mode].split()[0]}: {x['fetches']} fetches ({x['mib_per_s']:.1f} MiB/s), "
+                      f"latency p50 {x['lat_p50_ms']:.2f} ms p99 {x['lat_p99_ms']:.2f} ms; CPU (100% = one core) "
+                      f"server {x['server_cpu_pct']:.0f}%, driver {x['driver_cpu_pct']:.0f}%, "
+                      f"whole machine {x['machine_cpu_pct']:.0f}%")
     om = results.get("omb") or {}
     if "fill" in om:
         f = om["fill"]
@@ -142,10 +147,11 @@ def report(results, args, ctx, sizes):
         print(NO_IMAP)
     elif "omb" not in results and "omb" in args.systems:
         print("omb: not measured (see the error above)")
-    bad = [(n, r["random"]["bad"]) for n, r in results.items() if r and "random" in r and r["random"]["bad"]]
+    fetched = {n: list(r["random"].values()) for n, r in results.items() if r and "random" in r}
+    bad = [(n, sum(x["bad"] for x in xs)) for n, xs in fetched.items() if any(x["bad"] for x in xs)]
     for n, k in bad:
         print(f"!!!!! ERROR: {n} served {k} BODY[] that differ from the message sent — its figures are not valid !!!!!")
-    checked = {n: r["random"]["fetches"] for n, r in results.items() if r and "random" in r}
+    checked = {n: sum(x["fetches"] for x in xs) for n, xs in fetched.items()}
     if checked and not bad:
         note = "; the node's carry the relay's trace fields in front" if "omb" in checked else ""
         counts = ", ".join(f"{n} {k}" for n, k in checked.items())
@@ -165,7 +171,8 @@ def main():
     ap.add_argument("--clients", type=int, default=10, help="concurrent clients doing random fetches")
     ap.add_argument("--select-runs", type=int, default=5)
     ap.add_argument("--fetch-runs", type=int, default=3)
-    ap.add_argument("--peek", action="store_true", help="fetch BODY.PEEK[] (no \\Seen flag written)")
+    ap.add_argument("--fetch", default="peek,body",
+                    help="random-fetch phases, in order: peek (BODY.PEEK[]), body (BODY[], which sets \\Seen)")
     ap.add_argument("--systems", default="dovecot,omb", help="dovecot, omb, or both (comma-separated)")
     ap.add_argument("--smtp-sessions", type=int, default=8, help="parallel SMTP sessions filling the node")
     ap.add_argument("--fill-stall", type=float, default=120.0,
@@ -178,6 +185,9 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the run's folder (configs, logs, Maildir, stores)")
     args = ap.parse_args()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    args.fetch = [s.strip() for s in args.fetch.split(",") if s.strip()]
+    if not set(args.fetch) <= {"peek", "body"}:
+        ap.error("--fetch takes peek, body or both")
     rel = os.path.join(os.path.abspath(args.target_dir), "release")
     args.sandbox_bin, args.relay_bin, args.node_bin = (os.path.join(rel, b) for b in ("omb-sandbox", "omb-relay", "omb-node"))
 
@@ -226,7 +236,7 @@ def main():
             json.dump({"figures": {n: figures(r) for n, r in results.items()}, "verdicts": verdicts,
                        "results": results, "context": ctx,
                        "args": {k: v for k, v in vars(args).items()}}, f, indent=1, default=str)
-    bad = any(r and "random" in r and (r["random"]["bad"] or r["random"]["errors"]) for r in results.values())
+    bad = any(x["bad"] or x["errors"] for r in results.values() if r and "random" in r for x in r["random"].values())
     sys.exit(2 if bad else 1 if failed else 0)
 
 

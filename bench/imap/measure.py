@@ -94,8 +94,13 @@ def uid_map(srv, mids):
     return uids, missing, dup
 
 
-def fetch_worker(k, srv, uids, msgs, args, ready, go, start_at, done, may_logout, results):
-    """One client: random UID FETCH n BODY[] until the shared deadline."""
+# What the random fetches ask for: BODY[] sets \Seen on a message not yet seen (what a
+# mail app opening a message does); BODY.PEEK[] changes nothing.
+FETCH_ITEMS = {"peek": b"BODY.PEEK[]", "body": b"BODY[]"}
+
+
+def fetch_worker(k, srv, uids, msgs, args, item, ready, go, start_at, done, may_logout, results):
+    """One client: random UID FETCH n <item> until the shared deadline."""
     try:
         rng = random.Random(args.seed * 1000 + k)
         c = srv.connect(select=True)
@@ -105,7 +110,6 @@ def fetch_worker(k, srv, uids, msgs, args, ready, go, start_at, done, may_logout
         t_end = t0 + args.duration
         while now() < t0:
             time.sleep(0.001)
-        item = b"BODY.PEEK[]" if args.peek else b"BODY[]"
         n = nbytes = 0
         kinds = {"exact": 0, "traced": 0}
         bad = []
@@ -151,12 +155,12 @@ def fetch_worker(k, srv, uids, msgs, args, ready, go, start_at, done, may_logout
         results.put({"k": k, "error": f"{type(e).__name__}: {e}"})
 
 
-def random_fetches(srv, uids, msgs, args):
+def random_fetches(srv, uids, msgs, args, item):
     ctx = mp.get_context("fork")
     ready, done, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
     go, may_logout = ctx.Event(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=fetch_worker, args=(k, srv, uids, msgs, args, ready, go, start_at, done,
+    procs = [ctx.Process(target=fetch_worker, args=(k, srv, uids, msgs, args, item, ready, go, start_at, done,
                                                     may_logout, results), daemon=True)
              for k in range(args.clients)]
     for p in procs:
@@ -266,21 +270,25 @@ def measure(srv, msgs, mids, args):
         if missing or dup:
             raise RuntimeError(f"{srv.name}: {missing} of the generated messages are not in INBOX"
                                f"{f', {dup} twice' if dup else ''} (matched by Message-ID)")
-        log(f"  {srv.name}: {args.clients} clients fetching random BODY[] for {args.duration:g} s ...")
-        r["random"] = random_fetches(srv, uids, msgs, args)
+        r["random"] = {}
+        for mode in args.fetch:
+            item = FETCH_ITEMS[mode]
+            log(f"  {srv.name}: {args.clients} clients fetching random {item.decode()} for {args.duration:g} s ...")
+            rnd = r["random"][mode] = random_fetches(srv, uids, msgs, args, item)
+            if rnd["errors"]:
+                log(f"  {srv.name}: CLIENT ERRORS: {rnd['errors'][:3]}")
+            if rnd["bad"]:
+                log(f"\n!!!!! {srv.name}: {rnd['bad']} of {rnd['fetches']} {item.decode()} fetched are NOT "
+                    "the message sent !!!!!")
+                for b in rnd["bad_samples"]:
+                    log(f"!!!!!   {b}")
+            log(f"  {srv.name}: {rnd['per_s']:.0f} fetches/s, p50 {rnd['lat_p50_ms']:.2f} ms, "
+                f"p99 {rnd['lat_p99_ms']:.2f} ms; {rnd['exact']} identical, {rnd['traced']} identical after "
+                f"prepended trace fields, {rnd['bad']} wrong")
     r["rss_max"] = mem.max_rss
     r["pss_max"] = mem.max_pss
     r["procs_max"] = mem.max_procs
     # Peak: the largest sum of VmHWM over the processes alive at one sample (HWM reset
     # before the first SELECT, so what the fill or the Maildir writing used is not in it).
     r["peak"] = mem.max_hwm
-    rnd = r["random"]
-    if rnd["errors"]:
-        log(f"  {srv.name}: CLIENT ERRORS: {rnd['errors'][:3]}")
-    if rnd["bad"]:
-        log(f"\n!!!!! {srv.name}: {rnd['bad']} of {rnd['fetches']} BODY[] fetched are NOT the message sent !!!!!")
-        for b in rnd["bad_samples"]:
-            log(f"!!!!!   {b}")
-    log(f"  {srv.name}: {rnd['per_s']:.0f} fetches/s, p50 {rnd['lat_p50_ms']:.2f} ms, p99 {rnd['lat_p99_ms']:.2f} ms; "
-        f"{rnd['exact']} identical, {rnd['traced']} identical after prepended trace headers, {rnd['bad']} wrong")
     return r
