@@ -171,6 +171,9 @@ def main():
     ap.add_argument("--clients", type=int, default=10, help="concurrent clients doing random fetches")
     ap.add_argument("--select-runs", type=int, default=5)
     ap.add_argument("--fetch-runs", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds between the first SELECT and the timed ones (Dovecot rescans a Maildir "
+                    "changed in the last ~2 s)")
     ap.add_argument("--fetch", default="peek,body",
                     help="random-fetch phases, in order: peek (BODY.PEEK[]), body (BODY[], which sets \\Seen)")
     ap.add_argument("--systems", default="dovecot,omb", help="dovecot, omb, or both (comma-separated)")
