@@ -101,6 +101,11 @@ def verdict(key, target, o, d):
     return "target met" if o >= d else "NOT met"
 
 
+def other(x):
+    """CPU % (of one core) used by neither the server nor the driver during a phase."""
+    return max(0.0, x["machine_cpu_pct"] - x["server_cpu_pct"] - x["driver_cpu_pct"])
+
+
 def report(results, args, ctx, sizes):
     d, o = figures(results.get("dovecot")), figures(results.get("omb"))
     print()
@@ -136,7 +141,10 @@ def report(results, args, ctx, sizes):
                 print(f"{name} {ITEM_LABEL[mode].split()[0]}: {x['fetches']} fetches ({x['mib_per_s']:.1f} MiB/s), "
                       f"latency p50 {x['lat_p50_ms']:.2f} ms p99 {x['lat_p99_ms']:.2f} ms; CPU (100% = one core) "
                       f"server {x['server_cpu_pct']:.0f}%, driver {x['driver_cpu_pct']:.0f}%, "
-                      f"whole machine {x['machine_cpu_pct']:.0f}%")
+                      f"everything else {other(x):.0f}%")
+                if other(x) > 20:
+                    print(f"  ^ something else used {other(x):.0f}% of a core during this phase: "
+                          "these figures are low; run again on a quiet machine")
     om = results.get("omb") or {}
     if "fill" in om:
         f = om["fill"]
