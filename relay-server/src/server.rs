@@ -5,9 +5,11 @@ use crate::config::RelayConfig;
 use crate::dns::{DnsServer, RelayZone, ZoneConfig};
 use crate::mx::accept::Acceptor;
 use crate::mx::MxServer;
+use crate::passthrough::PassthroughServer;
 use crate::store::Store;
 use crate::tunnel::{Hub, TunnelContext};
 use anyhow::Context;
+use omb_shared::protocol::Service;
 use omb_shared::transport::quic::{QuicListener, RelayTlsIdentity};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -20,6 +22,9 @@ pub struct RunningRelay {
     pub smtp: SocketAddr,
     pub tunnel: SocketAddr,
     pub dns: Option<SocketAddr>,
+    /// The SNI passthrough listeners, where configured.
+    pub imaps: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     /// SHA-256 of the tunnel certificate, which nodes pin.
     pub tunnel_pin: String,
     pub store: Store,
@@ -160,15 +165,51 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
 
+    let passthrough = PassthroughServer::new(hub.clone(), &config.domain, &config.passthrough);
+    let imaps = listen_passthrough(
+        config.passthrough.imaps,
+        Service::Imaps,
+        &passthrough,
+        &mut tasks,
+    )
+    .await?;
+    let https = listen_passthrough(
+        config.passthrough.https,
+        Service::Https,
+        &passthrough,
+        &mut tasks,
+    )
+    .await?;
+
     Ok(RunningRelay {
         smtp,
         tunnel,
         dns,
+        imaps,
+        https,
         tunnel_pin: identity.pin(),
         store,
         hub,
         tasks,
     })
+}
+
+/// Starts the passthrough listener of `service` if it has an address.
+async fn listen_passthrough(
+    addr: Option<SocketAddr>,
+    service: Service,
+    server: &Arc<PassthroughServer>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {service} passthrough on {addr}"))?;
+    let local = listener.local_addr()?;
+    tasks.spawn(crate::passthrough::serve(listener, service, server.clone()));
+    Ok(Some(local))
 }
 
 /// The MX's TLS: the configured PEM files, or a self-signed pair made once in
