@@ -1,7 +1,9 @@
 //! The node's configuration file (TOML); every key is documented in
 //! `ops/node.example.toml`.
 
+use omb_shared::protocol::Service;
 use serde::Deserialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -13,6 +15,8 @@ pub struct NodeConfig {
     /// Where the node keeps its keys and its mail store.
     pub data_dir: PathBuf,
     pub relay: RelayLink,
+    #[serde(default)]
+    pub passthrough: PassthroughTargets,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +30,28 @@ pub struct RelayLink {
     /// at the first connection, then ignored.
     #[serde(default)]
     pub link_token: Option<String>,
+}
+
+/// Where the node connects the TLS connections the relay passes through to it
+/// by SNI; a service with no address here is refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughTargets {
+    /// The node's IMAP server with implicit TLS.
+    #[serde(default)]
+    pub imaps: Option<SocketAddr>,
+    /// The node's webmail (HTTPS).
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
+}
+
+impl PassthroughTargets {
+    pub fn target(&self, service: Service) -> Option<SocketAddr> {
+        match service {
+            Service::Imaps => self.imaps,
+            Service::Https => self.https,
+        }
+    }
 }
 
 impl NodeConfig {

@@ -3,5 +3,6 @@
 pub mod config;
 pub mod keys;
 pub mod node;
+pub mod passthrough;
 pub mod store;
 pub mod tunnel;
