@@ -165,7 +165,12 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
 
-    let passthrough = PassthroughServer::new(hub.clone(), &config.domain, &config.passthrough);
+    let passthrough = PassthroughServer::new(
+        hub.clone(),
+        store.clone(),
+        &config.domain,
+        &config.passthrough,
+    );
     let imaps = listen_passthrough(
         config.passthrough.imaps,
         Service::Imaps,

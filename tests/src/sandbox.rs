@@ -5,7 +5,7 @@
 use anyhow::Context;
 use omb_node::config::{NodeConfig, RelayLink};
 use omb_node::tunnel::TunnelState;
-use omb_relay::config::{DnsConfig, RelayConfig, SmtpConfig, TunnelConfig};
+use omb_relay::config::{DnsConfig, PassthroughConfig, RelayConfig, SmtpConfig, TunnelConfig};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,8 @@ pub struct RelayManifest {
     pub dns: SocketAddr,
     pub tunnel: SocketAddr,
     pub data_dir: PathBuf,
+    /// SNI passthrough of IMAP over TLS: `NAME.sandbox.test` reaches node NAME.
+    pub imaps: SocketAddr,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,10 +88,19 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         },
         accounts: Default::default(),
+        // `NAME.sandbox.test` (the zone answers every handle name with the
+        // relay's address) on this port reaches node NAME, TLS and all.
+        passthrough: PassthroughConfig {
+            imaps: Some(any),
+            ..PassthroughConfig::default()
+        },
     };
     let quota = config.accounts.quota_bytes;
     let relay = omb_relay::server::start(config).await?;
     let dns = relay.dns.context("the relay's DNS server did not start")?;
+    let imaps = relay
+        .imaps
+        .context("the relay's imaps passthrough did not start")?;
 
     let mut nodes = Vec::new();
     let mut node_manifests = Vec::new();
@@ -116,6 +127,9 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
                 pin: relay.tunnel_pin.clone(),
                 link_token,
             },
+            // The node's IMAP server is not built yet; until it is, the relay's
+            // imaps passthrough reaches the node, which refuses the stream.
+            passthrough: Default::default(),
         };
         // A config file beside the node's folder, so `omb-node -c DIR/nodes/NAME.toml
         // mail list` reads its mail while (or after) the sandbox runs.
@@ -163,6 +177,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             dns,
             tunnel: relay.tunnel,
             data_dir: relay_dir,
+            imaps,
         },
         ca_cert,
         nodes: node_manifests,

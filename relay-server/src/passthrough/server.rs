@@ -4,6 +4,7 @@
 use super::sni::{alert, handle_for, AlertDescription, ClientHelloReader, HelloError};
 use crate::config::PassthroughConfig;
 use crate::limits::ConnectionLimits;
+use crate::store::Store;
 use crate::tunnel::Hub;
 use omb_shared::protocol::{read_stream_frame, write_stream_frame, Service, StreamFrame};
 use omb_shared::splice::splice;
@@ -21,6 +22,7 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PassthroughServer {
     hub: Arc<Hub>,
+    store: Store,
     /// The relay's domain: names are `HANDLE.DOMAIN`.
     domain: String,
     limits: Arc<ConnectionLimits>,
@@ -28,9 +30,10 @@ pub struct PassthroughServer {
 }
 
 impl PassthroughServer {
-    pub fn new(hub: Arc<Hub>, domain: &str, config: &PassthroughConfig) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub>, store: Store, domain: &str, config: &PassthroughConfig) -> Arc<Self> {
         Arc::new(PassthroughServer {
             hub,
+            store,
             domain: domain.to_string(),
             limits: ConnectionLimits::new(config.max_connections_per_ip, config.max_connections),
             hello_timeout: Duration::from_secs(config.hello_timeout_secs.max(1)),
@@ -96,8 +99,15 @@ async fn handle(
                 AlertDescription::UnrecognizedName,
             ));
         };
-        Span::current().record("handle", handle.as_str());
-        let side = server.hub.side_streams(&handle).ok_or(Closed::Offline)?;
+        Span::current().record("handle", field::display(&handle));
+        let Some(side) = server.hub.side_streams(&handle) else {
+            // Not connected here: say whether there is such an account at all.
+            return Err(match server.store.account_exists(&handle).await {
+                Ok(false) => Closed::Name("no such account", AlertDescription::UnrecognizedName),
+                Ok(true) => Closed::Offline,
+                Err(e) => Closed::Node(format!("cannot look the account up: {e}")),
+            });
+        };
         let stream = tokio::time::timeout(NODE_TIMEOUT, async {
             let mut stream = side.open().await.map_err(|e| e.to_string())?;
             write_stream_frame(
