@@ -50,41 +50,39 @@ impl ClientHelloReader {
     /// Adds bytes the client sent. `Ok(Some(hello))` once the ClientHello is
     /// complete, `Ok(None)` while more bytes are needed. An error, or a second
     /// call after `Some`, means the connection must close.
+    ///
+    /// Only the first [`MAX_CLIENT_HELLO`] bytes are parsed, so the outcome
+    /// does not depend on how the bytes are cut into pushes; every byte is
+    /// kept for forwarding (what follows the ClientHello in the same read).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Hello>, HelloError> {
         if self.done {
             return Err(HelloError::NotTls("ClientHello already read".into()));
         }
-        if self.raw.len() + bytes.len() > MAX_CLIENT_HELLO {
-            self.done = true;
-            return Err(HelloError::TooLarge);
-        }
+        let room = MAX_CLIENT_HELLO.saturating_sub(self.raw.len());
         self.raw.extend_from_slice(bytes);
-        let mut rest = bytes;
+        let mut rest = &bytes[..bytes.len().min(room)];
         while !rest.is_empty() {
             match self.acceptor.read_tls(&mut rest) {
-                Ok(0) => {
-                    self.done = true;
-                    return Err(HelloError::NotTls("rustls took no bytes".into()));
-                }
+                Ok(0) => return self.fail(HelloError::NotTls("rustls took no bytes".into())),
                 Ok(_) => {}
-                Err(e) => {
-                    self.done = true;
-                    return Err(HelloError::NotTls(e.to_string()));
-                }
+                Err(e) => return self.fail(HelloError::NotTls(e.to_string())),
             }
         }
         match self.acceptor.accept() {
+            Ok(None) if self.raw.len() >= MAX_CLIENT_HELLO => self.fail(HelloError::TooLarge),
             Ok(None) => Ok(None),
             Ok(Some(accepted)) => {
                 self.done = true;
                 let server_name = accepted.client_hello().server_name().map(str::to_string);
                 Ok(Some(Hello { server_name }))
             }
-            Err((e, _alert)) => {
-                self.done = true;
-                Err(HelloError::NotTls(e.to_string()))
-            }
+            Err((e, _alert)) => self.fail(HelloError::NotTls(e.to_string())),
         }
+    }
+
+    fn fail(&mut self, e: HelloError) -> Result<Option<Hello>, HelloError> {
+        self.done = true;
+        Err(e)
     }
 
     /// Every byte pushed so far, unchanged: what to forward.
@@ -179,6 +177,17 @@ mod tests {
     }
 
     #[test]
+    fn bytes_after_the_hello_are_kept_even_past_the_limit() {
+        let hello = client_hello("alice.sandbox.test", true);
+        let mut input = hello.clone();
+        input.resize(MAX_CLIENT_HELLO + 100, 0x17);
+        let mut r = ClientHelloReader::new();
+        let got = r.push(&input).unwrap().unwrap();
+        assert_eq!(got.server_name.as_deref(), Some("alice.sandbox.test"));
+        assert_eq!(r.raw(), &input[..]);
+    }
+
+    #[test]
     fn a_hello_without_sni_has_no_name() {
         let hello = client_hello("alice.sandbox.test", false);
         let got = ClientHelloReader::new().push(&hello).unwrap().unwrap();
@@ -203,9 +212,9 @@ mod tests {
         record.extend_from_slice(&[0x01, 0x00, 0x4e, 0x20, 0x03, 0x03]);
         record.resize(5 + 0x4000, 0);
         let mut r = ClientHelloReader::new();
-        assert_eq!(r.push(&record[..MAX_CLIENT_HELLO]).unwrap(), None);
+        assert_eq!(r.push(&record[..MAX_CLIENT_HELLO - 1]).unwrap(), None);
         assert_eq!(
-            r.push(&record[MAX_CLIENT_HELLO..]),
+            r.push(&record[MAX_CLIENT_HELLO - 1..]),
             Err(HelloError::TooLarge)
         );
         // Once refused, always refused.
