@@ -97,10 +97,14 @@ mod tests {
 
         // The server answers after the client's half-close.
         let answer = vec![7u8; 100_000];
-        server.write_all(&answer).await.unwrap();
-        server.shutdown().await.unwrap();
+        let answering = async {
+            server.write_all(&answer).await.unwrap();
+            server.shutdown().await.unwrap();
+        };
         let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
+        tokio::join!(answering, async {
+            client.read_to_end(&mut got).await.unwrap();
+        });
         assert_eq!(got, answer);
 
         let done = task.await.unwrap();
