@@ -1,11 +1,12 @@
 //! The node's configuration file (TOML); every key is documented in
 //! `ops/node.example.toml`.
 
-use serde::Deserialize;
+use omb_shared::protocol::Service;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The account's address, e.g. `alice@example.net`; the user id of the
@@ -17,11 +18,13 @@ pub struct NodeConfig {
     /// Where mail apps reach the node (IMAP, POP3) and how.
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub passthrough: PassthroughTargets,
 }
 
 /// The mail-access servers. Each listener is optional; none is started when
 /// the section is absent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
     /// IMAP with STARTTLS (RFC 3501 / 9051), e.g. `127.0.0.1:143`.
@@ -42,7 +45,7 @@ pub struct AccessConfig {
     pub ciphertext_to_apps: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayLink {
     /// The relay's tunnel endpoint, `host:port` (UDP, QUIC).
@@ -53,6 +56,28 @@ pub struct RelayLink {
     /// at the first connection, then ignored.
     #[serde(default)]
     pub link_token: Option<String>,
+}
+
+/// Where the node connects the TLS connections the relay passes through to it
+/// by SNI; a service with no address here is refused.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughTargets {
+    /// The node's IMAP server with implicit TLS.
+    #[serde(default)]
+    pub imaps: Option<SocketAddr>,
+    /// The node's webmail (HTTPS).
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
+}
+
+impl PassthroughTargets {
+    pub fn target(&self, service: Service) -> Option<SocketAddr> {
+        match service {
+            Service::Imaps => self.imaps,
+            Service::Https => self.https,
+        }
+    }
 }
 
 impl NodeConfig {

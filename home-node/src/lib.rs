@@ -5,6 +5,7 @@ pub mod config;
 pub mod imap;
 pub mod keys;
 pub mod node;
+pub mod passthrough;
 pub mod pop3;
 pub mod store;
 pub mod tunnel;

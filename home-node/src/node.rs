@@ -33,6 +33,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         link_token: config.relay.link_token.clone(),
         linked_marker: config.data_dir.join("linked"),
         state: state_tx,
+        passthrough: Arc::new(config.passthrough.clone()),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(client.run());

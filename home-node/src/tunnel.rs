@@ -2,6 +2,7 @@
 //! delivery durably and only then acknowledges it. Reconnects for ever with
 //! jittered exponential back-off.
 
+use crate::config::PassthroughTargets;
 use crate::keys::Keys;
 use crate::store::{MailStore, NewDelivery, Stored};
 use omb_shared::pgp;
@@ -38,6 +39,8 @@ pub struct TunnelClient<C: Connector> {
     /// Written once the relay accepted the link, so later starts authenticate by key.
     pub linked_marker: PathBuf,
     pub state: watch::Sender<TunnelState>,
+    /// Local servers for the relay's SNI passthrough streams.
+    pub passthrough: Arc<PassthroughTargets>,
 }
 
 enum SessionEnd {
@@ -86,6 +89,7 @@ impl<C: Connector> TunnelClient<C> {
             binding,
             peer,
             handle: _conn,
+            side,
         } = stream;
         let mut dec = FrameDecoder::new();
         let retry = |e: ProtocolError| SessionEnd::Retry(e.to_string());
@@ -141,6 +145,9 @@ impl<C: Connector> TunnelClient<C> {
             Err(e) => return retry(e),
         };
         let _ = self.state.send(TunnelState::Up { account });
+        // Passthrough streams on their own task, which ends with the session.
+        let mut passthrough = tokio::task::JoinSet::new();
+        passthrough.spawn(crate::passthrough::serve(side, self.passthrough.clone()));
 
         loop {
             let first = read_frame(&mut recv, &mut dec).await;

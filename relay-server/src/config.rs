@@ -29,6 +29,8 @@ pub struct RelayConfig {
     pub accounts: AccountsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub passthrough: PassthroughConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -125,6 +127,35 @@ impl Default for AccountsConfig {
     fn default() -> Self {
         AccountsConfig {
             quota_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// TLS connections for `HANDLE.DOMAIN` passed through to the account's node by
+/// SNI, as raw bytes: TLS ends on the node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassthroughConfig {
+    /// TCP address for IMAP over implicit TLS (993); off when unset.
+    pub imaps: Option<SocketAddr>,
+    /// TCP address for HTTPS, the nodes' webmail (443); off when unset.
+    pub https: Option<SocketAddr>,
+    /// Simultaneous passthrough connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous passthrough connections in all.
+    pub max_connections: usize,
+    /// Seconds a client has to send its whole TLS ClientHello.
+    pub hello_timeout_secs: u64,
+}
+
+impl Default for PassthroughConfig {
+    fn default() -> Self {
+        PassthroughConfig {
+            imaps: None,
+            https: None,
+            max_connections_per_ip: 20,
+            max_connections: 4096,
+            hello_timeout_secs: 10,
         }
     }
 }

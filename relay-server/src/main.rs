@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let relay = omb_relay::server::start(config).await?;
-            tracing::info!(smtp = %relay.smtp, tunnel = %relay.tunnel, dns = ?relay.dns, pin = %relay.tunnel_pin, "relay running");
+            tracing::info!(smtp = %relay.smtp, tunnel = %relay.tunnel, dns = ?relay.dns, imaps = ?relay.imaps, https = ?relay.https, pin = %relay.tunnel_pin, "relay running");
             tokio::select! {
                 r = relay.wait() => r,
                 _ = tokio::signal::ctrl_c() => Ok(()),

@@ -5,10 +5,12 @@ use crate::config::RelayConfig;
 use crate::dns::{DnsServer, RelayZone, ZoneConfig};
 use crate::mx::accept::Acceptor;
 use crate::mx::MxServer;
+use crate::passthrough::PassthroughServer;
 use crate::store::Store;
 use crate::tunnel::{Hub, TunnelContext};
 use crate::web::{ClientSettings, WebContext};
 use anyhow::Context;
+use omb_shared::protocol::Service;
 use omb_shared::tls::CertSource;
 use omb_shared::transport::quic::{QuicListener, RelayTlsIdentity};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,6 +24,9 @@ pub struct RunningRelay {
     pub tunnel: SocketAddr,
     pub dns: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The SNI passthrough listeners, where configured.
+    pub imaps: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     /// SHA-256 of the tunnel certificate, which nodes pin.
     pub tunnel_pin: String,
     pub store: Store,
@@ -75,6 +80,35 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let hub = Arc::new(Hub::new());
     let mut tasks = JoinSet::new();
 
+    // The passthrough listeners before DNS: the zone's SRV records and the
+    // autoconfig name their ports.
+    let passthrough = PassthroughServer::new(
+        hub.clone(),
+        store.clone(),
+        &config.domain,
+        &config.passthrough,
+    );
+    let imaps = listen_passthrough(
+        config.passthrough.imaps,
+        Service::Imaps,
+        &passthrough,
+        &mut tasks,
+    )
+    .await?;
+    let https = listen_passthrough(
+        config.passthrough.https,
+        Service::Https,
+        &passthrough,
+        &mut tasks,
+    )
+    .await?;
+    let clients = ClientSettings {
+        domain: config.domain.clone(),
+        imaps: imaps.map(|a| a.port()),
+        pop3s: None,
+        submissions: None,
+    };
+
     // DNS first: the authenticator may ask it.
     let dns = match config.dns.listen {
         Some(addr) => {
@@ -119,7 +153,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 spf,
                 dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
                 extra_hosts: vec![],
-                handle_services: client_services(&config),
+                handle_services: clients.rfc6186_services(),
             })
             .context("cannot build the relay's DNS zone")?;
             let server = DnsServer::bind(addr, Arc::new(zone))
@@ -171,7 +205,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
             let local = listener.local_addr()?;
             let ctx = Arc::new(WebContext {
                 store: store.clone(),
-                clients: client_settings(&config),
+                clients: clients.clone(),
             });
             tasks.spawn(crate::web::serve(listener, ctx));
             Some(local)
@@ -184,11 +218,31 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         tunnel,
         dns,
         http,
+        imaps,
+        https,
         tunnel_pin: identity.pin(),
         store,
         hub,
         tasks,
     })
+}
+
+/// Starts the passthrough listener of `service` if it has an address.
+async fn listen_passthrough(
+    addr: Option<SocketAddr>,
+    service: Service,
+    server: &Arc<PassthroughServer>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {service} passthrough on {addr}"))?;
+    let local = listener.local_addr()?;
+    tasks.spawn(crate::passthrough::serve(listener, service, server.clone()));
+    Ok(Some(local))
 }
 
 /// The MX's TLS: the configured PEM files, or a self-signed pair made once in
@@ -202,23 +256,4 @@ fn mx_tls(config: &RelayConfig, hostname: &str) -> anyhow::Result<TlsAcceptor> {
         vec![hostname.to_string()],
     );
     Ok(TlsAcceptor::from(omb_shared::tls::server_config(&source)?))
-}
-
-/// The RFC 6186 services published under every `HANDLE.DOMAIN`: what the
-/// relay passes through to the nodes, and "not offered" for the rest.
-fn client_services(_config: &RelayConfig) -> Vec<(String, Option<u16>)> {
-    ["_imap", "_imaps", "_pop3", "_pop3s", "_submission"]
-        .into_iter()
-        .map(|s| (s.to_string(), None))
-        .collect()
-}
-
-/// How mail apps reach the nodes through this relay (for autoconfig).
-fn client_settings(config: &RelayConfig) -> ClientSettings {
-    ClientSettings {
-        domain: config.domain.clone(),
-        imaps: None,
-        pop3s: None,
-        submissions: None,
-    }
 }

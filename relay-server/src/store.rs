@@ -250,6 +250,15 @@ impl Store {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
+    /// Whether an account with this handle exists.
+    pub async fn account_exists(&self, handle: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM accounts WHERE handle = $1")
+            .bind(handle)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn addresses(&self, handle: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT address FROM addresses WHERE handle = $1 ORDER BY address")
             .bind(handle)

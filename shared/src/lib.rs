@@ -5,6 +5,7 @@ pub mod identity;
 pub mod mime;
 pub mod pgp;
 pub mod protocol;
+pub mod splice;
 pub mod tls;
 pub mod transport;
 pub mod types;

@@ -15,9 +15,20 @@
 //! relay -> Deliver{..} ...   node -> Ack{id} ...    (at-least-once; acked after a durable store)
 //! either -> Ping / Pong
 //! ```
+//!
+//! Beside that session, the relay opens one more stream per connection it
+//! passes through by TLS SNI ([`StreamFrame`]): it names the service, the node
+//! answers, and raw bytes follow both ways:
+//! ```text
+//! relay -> Open{service, client}  then the client's bytes (its TLS ClientHello first)
+//! node  -> Accepted               then the local service's bytes
+//!        | Refused{reason}        and the stream closes
+//! ```
 
 use bytes::{Buf, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The version this build speaks; a peer with another version is refused with a
@@ -107,9 +118,13 @@ pub enum ProtocolError {
 
 /// Encodes one frame with its length and version prefix.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, ProtocolError> {
+    encode_with_limit(frame, MAX_FRAME_LEN)
+}
+
+fn encode_with_limit<T: Serialize>(frame: &T, limit: usize) -> Result<Vec<u8>, ProtocolError> {
     let body = postcard::to_stdvec(frame).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     let len = body.len() + 2;
-    if len > MAX_FRAME_LEN {
+    if len > limit {
         return Err(ProtocolError::TooLong(len));
     }
     let mut out = Vec::with_capacity(4 + len);
@@ -173,20 +188,28 @@ impl FrameDecoder {
         }
         self.buf.advance(4);
         let payload = self.buf.split_to(len);
-        let version = u16::from_be_bytes([payload[0], payload[1]]);
-        if version != PROTOCOL_VERSION {
-            return Err(ProtocolError::Version(version));
-        }
-        let (frame, rest) = postcard::take_from_bytes::<Frame>(&payload[2..])
-            .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(ProtocolError::Malformed(format!(
-                "{} trailing bytes",
-                rest.len()
-            )));
-        }
-        Ok(Some(frame))
+        decode_payload(&payload).map(Some)
     }
+}
+
+/// Decodes `version | body` (the part of a frame after its length).
+fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtocolError> {
+    let [v0, v1, body @ ..] = payload else {
+        return Err(ProtocolError::TooShort);
+    };
+    let version = u16::from_be_bytes([*v0, *v1]);
+    if version != PROTOCOL_VERSION {
+        return Err(ProtocolError::Version(version));
+    }
+    let (frame, rest) = postcard::take_from_bytes::<T>(body)
+        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    Ok(frame)
 }
 
 /// Reads one frame; `Err(Closed)` on a clean end of stream between frames.
@@ -212,6 +235,112 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     frame: &Frame,
 ) -> Result<(), ProtocolError> {
     let bytes = encode(frame)?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// A service the relay passes through to nodes by TLS SNI; the node connects
+/// each to the local server its configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Service {
+    /// IMAP over implicit TLS (RFC 8314), port 993.
+    Imaps,
+    /// HTTP over TLS (the webmail), port 443.
+    Https,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Imaps => "imaps",
+            Service::Https => "https",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The frames at the start of a side stream: one the relay opens per
+/// connection it passes through to the node (see the module's description).
+/// Framed like [`Frame`]s (`u32 length | u16 version | postcard body`) but a
+/// type of their own, so neither can be taken for the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamFrame {
+    /// Relay to node, first on the stream: pass the bytes that follow to the
+    /// node's `service`. `client` is the address that connected to the relay,
+    /// for the node's logs.
+    Open {
+        service: Service,
+        client: Option<SocketAddr>,
+    },
+    /// Node to relay: connected to the local service; raw bytes follow.
+    Accepted,
+    /// Node to relay: not passed through (no local server for the service, or
+    /// it does not answer); the stream ends.
+    Refused { reason: String },
+}
+
+/// The largest [`StreamFrame`] accepted (with its version).
+pub const MAX_STREAM_FRAME_LEN: usize = 1024;
+
+/// Encodes one stream frame with its length and version prefix.
+pub fn encode_stream_frame(frame: &StreamFrame) -> Result<Vec<u8>, ProtocolError> {
+    encode_with_limit(frame, MAX_STREAM_FRAME_LEN)
+}
+
+/// Decodes one stream frame from the start of `bytes`: the frame and the bytes
+/// it took, or `Ok(None)` when more are needed. What follows it is not touched.
+pub fn decode_stream_frame(bytes: &[u8]) -> Result<Option<(StreamFrame, usize)>, ProtocolError> {
+    let Some(len) = bytes.get(..4) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > MAX_STREAM_FRAME_LEN {
+        return Err(ProtocolError::TooLong(len));
+    }
+    match bytes.get(4..4 + len) {
+        Some(payload) => Ok(Some((decode_payload(payload)?, 4 + len))),
+        None => Ok(None),
+    }
+}
+
+/// Reads one stream frame, and not one byte more: the raw bytes after it
+/// belong to the passed-through connection.
+pub async fn read_stream_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<StreamFrame, ProtocolError> {
+    let mut len = [0u8; 4];
+    read_exact_or_closed(r, &mut len).await?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_STREAM_FRAME_LEN {
+        return Err(ProtocolError::TooLong(n));
+    }
+    let mut payload = vec![0u8; n];
+    read_exact_or_closed(r, &mut payload).await?;
+    decode_payload(&payload)
+}
+
+async fn read_exact_or_closed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtocolError::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn write_stream_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &StreamFrame,
+) -> Result<(), ProtocolError> {
+    let bytes = encode_stream_frame(frame)?;
     w.write_all(&bytes).await?;
     w.flush().await?;
     Ok(())
@@ -295,5 +424,68 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&[0, 0, 0, 6, 0, 1, 0xff, 0xff, 0xff, 0xff]);
         assert!(dec.next_frame().is_err());
+    }
+
+    #[test]
+    fn stream_frames_round_trip_and_leave_what_follows() {
+        let frames = [
+            StreamFrame::Open {
+                service: Service::Imaps,
+                client: Some("192.0.2.7:50123".parse().unwrap()),
+            },
+            StreamFrame::Open {
+                service: Service::Https,
+                client: None,
+            },
+            StreamFrame::Accepted,
+            StreamFrame::Refused {
+                reason: "no local server for imaps".into(),
+            },
+        ];
+        for f in frames {
+            let mut wire = encode_stream_frame(&f).unwrap();
+            let len = wire.len();
+            wire.extend_from_slice(b"\x16\x03\x01raw bytes");
+            for cut in 0..len {
+                assert!(matches!(decode_stream_frame(&wire[..cut]), Ok(None)));
+            }
+            assert_eq!(decode_stream_frame(&wire).unwrap(), Some((f.clone(), len)));
+            let mut r = &wire[..];
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert_eq!(rt.block_on(read_stream_frame(&mut r)).unwrap(), f);
+            assert_eq!(
+                r, b"\x16\x03\x01raw bytes",
+                "nothing after the frame was read"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_frames_refuse_garbage() {
+        assert!(matches!(
+            decode_stream_frame(&[0, 0, 0x04, 0x01]),
+            Err(ProtocolError::TooLong(1025))
+        ));
+        assert!(decode_stream_frame(&[0, 0, 0, 1, 0]).is_err());
+        assert!(matches!(
+            decode_stream_frame(&[0, 0, 0, 3, 0, 9, 0]),
+            Err(ProtocolError::Version(9))
+        ));
+        // An unknown service (variant 7) or trailing bytes.
+        assert!(decode_stream_frame(&[0, 0, 0, 5, 0, 1, 0, 7, 0]).is_err());
+        assert!(decode_stream_frame(&[0, 0, 0, 4, 0, 1, 1, 0]).is_err());
+        // A session frame is not a stream frame.
+        let ping = encode(&Frame::Ping { nonce: 1 }).unwrap();
+        assert!(decode_stream_frame(&ping).is_err());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut short: &[u8] = &[0, 0, 0, 9, 0, 1];
+        assert!(matches!(
+            rt.block_on(read_stream_frame(&mut short)),
+            Err(ProtocolError::Closed)
+        ));
     }
 }

@@ -317,6 +317,18 @@ impl Node {
         }
     }
 
+    /// Adds a `[passthrough]` section: `(service, local server)` pairs, e.g.
+    /// `("imaps", addr)`. Takes effect at the next start.
+    pub fn set_passthrough(&self, targets: &[(&str, SocketAddr)]) {
+        let mut config = std::fs::read_to_string(&self.config).expect("read node config");
+        assert!(!config.contains("[passthrough]"), "passthrough set already");
+        config.push_str("\n[passthrough]\n");
+        for (service, addr) in targets {
+            config.push_str(&format!("{service} = \"{addr}\"\n"));
+        }
+        std::fs::write(&self.config, config).expect("write node config");
+    }
+
     pub fn start(&mut self) {
         self.start_with_env(&[]);
     }

@@ -3,9 +3,9 @@
 //! tests. The contract is in DESIGN.md ("The sandbox contract").
 
 use anyhow::Context;
-use omb_node::config::{AccessConfig, NodeConfig, RelayLink};
+use omb_node::config::{AccessConfig, NodeConfig, PassthroughTargets, RelayLink};
 use omb_node::tunnel::TunnelState;
-use omb_relay::config::{DnsConfig, RelayConfig, SmtpConfig, TunnelConfig};
+use omb_relay::config::{DnsConfig, PassthroughConfig, RelayConfig, SmtpConfig, TunnelConfig};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,8 @@ pub struct RelayManifest {
     pub dns: SocketAddr,
     pub tunnel: SocketAddr,
     pub data_dir: PathBuf,
+    /// SNI passthrough of IMAP over TLS: `NAME.sandbox.test` reaches node NAME.
+    pub imaps: SocketAddr,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,10 +95,19 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         },
         accounts: Default::default(),
         http: omb_relay::config::HttpConfig { listen: Some(any) },
+        // `NAME.sandbox.test` (the zone answers every handle name with the
+        // relay's address) on this port reaches node NAME, TLS and all.
+        passthrough: PassthroughConfig {
+            imaps: Some(any),
+            ..PassthroughConfig::default()
+        },
     };
     let quota = config.accounts.quota_bytes;
     let relay = omb_relay::server::start(config).await?;
     let dns = relay.dns.context("the relay's DNS server did not start")?;
+    let imaps = relay
+        .imaps
+        .context("the relay's imaps passthrough did not start")?;
 
     let mut nodes = Vec::new();
     let mut node_manifests = Vec::new();
@@ -135,17 +146,20 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
                 link_token,
             },
             access: access.clone(),
+            // `NAME.sandbox.test` at the relay's imaps port reaches this.
+            passthrough: PassthroughTargets {
+                imaps: access.imaps,
+                https: None,
+            },
         };
-        // A config file beside the node's folder, so `omb-node -c DIR/nodes/NAME.toml
-        // mail list` reads its mail while (or after) the sandbox runs.
+        // The node's configuration beside its folder (without the spent link
+        // token), so `omb-node -c DIR/nodes/NAME.toml mail list` reads its mail
+        // while or after the sandbox runs, and `... run` runs it on its own.
+        let mut on_disk = node_config.clone();
+        on_disk.relay.link_token = None;
         std::fs::write(
             dir.join("nodes").join(format!("{handle}.toml")),
-            format!(
-                "address = \"{address}\"\ndata_dir = \"{}\"\n\n[relay]\ntunnel = \"{}\"\npin = \"{}\"\n",
-                node_dir.display(),
-                relay.tunnel,
-                relay.tunnel_pin
-            ),
+            toml::to_string(&on_disk)?,
         )?;
         let node = omb_node::node::start(node_config)
             .await
@@ -188,6 +202,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             dns,
             tunnel: relay.tunnel,
             data_dir: relay_dir,
+            imaps,
         },
         ca_cert: ca.cert.clone(),
         nodes: node_manifests,

@@ -43,9 +43,12 @@ fn sandbox_starts_and_delivers_to_alice_and_bob() {
         .parse()
         .expect("addr");
     let dns = manifest["relay"]["dns"].as_str().expect("dns").to_string();
-    for key in ["tunnel", "data_dir"] {
+    for key in ["tunnel", "data_dir", "imaps"] {
         assert!(manifest["relay"][key].is_string(), "relay.{key} missing");
     }
+    // The imaps passthrough listens (tests/tests/passthrough.rs tests it).
+    let imaps = manifest["relay"]["imaps"].as_str().expect("imaps");
+    std::net::TcpStream::connect(imaps).expect("the imaps passthrough listens");
     assert!(std::path::Path::new(manifest["ca_cert"].as_str().expect("ca_cert")).exists());
     let nodes = manifest["nodes"].as_array().expect("nodes");
     assert_eq!(

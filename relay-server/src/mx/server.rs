@@ -4,9 +4,9 @@
 use super::accept::Acceptor;
 use super::session::{Action, Session, SessionConfig};
 use crate::config::SmtpConfig;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use crate::limits::ConnectionLimits;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,8 +18,7 @@ pub struct MxServer {
     pub config: SmtpConfig,
     pub hostname: String,
     pub tls: Option<TlsAcceptor>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    total: Mutex<usize>,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl MxServer {
@@ -29,40 +28,14 @@ impl MxServer {
         hostname: String,
         tls: Option<TlsAcceptor>,
     ) -> Arc<Self> {
+        let limits = ConnectionLimits::new(config.max_connections_per_ip, config.max_connections);
         Arc::new(MxServer {
             acceptor,
             config,
             hostname,
             tls,
-            per_ip: Mutex::new(HashMap::new()),
-            total: Mutex::new(0),
+            limits,
         })
-    }
-
-    /// Counts a new connection; `false` when the address or the server is at its limit.
-    fn admit(&self, ip: IpAddr) -> bool {
-        let (Ok(mut per_ip), Ok(mut total)) = (self.per_ip.lock(), self.total.lock()) else {
-            return false;
-        };
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.config.max_connections_per_ip || *total >= self.config.max_connections {
-            return false;
-        }
-        *n += 1;
-        *total += 1;
-        true
-    }
-
-    fn release(&self, ip: IpAddr) {
-        if let (Ok(mut per_ip), Ok(mut total)) = (self.per_ip.lock(), self.total.lock()) {
-            if let Some(n) = per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-            *total = total.saturating_sub(1);
-        }
     }
 }
 
@@ -79,7 +52,7 @@ pub async fn serve(listener: TcpListener, server: Arc<MxServer>) {
         };
         let server = server.clone();
         tokio::spawn(async move {
-            if !server.admit(peer.ip()) {
+            let Some(_admitted) = server.limits.admit(peer.ip()) else {
                 let mut stream = stream;
                 let _ = stream
                     .write_all(
@@ -87,10 +60,9 @@ pub async fn serve(listener: TcpListener, server: Arc<MxServer>) {
                     )
                     .await;
                 return;
-            }
+            };
             let span = info_span!("smtp", peer = %peer);
             handle(stream, peer, &server).instrument(span).await;
-            server.release(peer.ip());
         });
     }
 }

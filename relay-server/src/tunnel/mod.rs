@@ -7,12 +7,14 @@ mod session;
 
 pub use session::{serve, TunnelContext};
 
+use omb_shared::transport::SideStreams;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-/// Wakes the tunnel session of an account when new mail is spooled for it, and
-/// makes a new session of a node replace its older one.
+/// Wakes the tunnel session of an account when new mail is spooled for it,
+/// makes a new session of a node replace its older one, and lends the live
+/// connection of a node to SNI passthrough.
 #[derive(Default)]
 pub struct Hub {
     inner: Mutex<HashMap<String, Slot>>,
@@ -22,6 +24,7 @@ struct Slot {
     generation: u64,
     wake: Arc<Notify>,
     stop: Arc<Notify>,
+    side: Arc<dyn SideStreams>,
 }
 
 /// A registered session's handles.
@@ -45,8 +48,15 @@ impl Hub {
         }
     }
 
-    /// Registers a session for `handle`, stopping any older one.
-    pub fn register(&self, handle: &str) -> Registration {
+    /// The side streams of `handle`'s node connection, if it has a session here.
+    pub fn side_streams(&self, handle: &str) -> Option<Arc<dyn SideStreams>> {
+        let map = self.inner.lock().ok()?;
+        map.get(handle).map(|slot| slot.side.clone())
+    }
+
+    /// Registers a session for `handle` on a connection whose side streams are
+    /// `side`, stopping any older one.
+    pub fn register(&self, handle: &str, side: Arc<dyn SideStreams>) -> Registration {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
         let mut generation = 1;
@@ -61,6 +71,7 @@ impl Hub {
                     generation,
                     wake: wake.clone(),
                     stop: stop.clone(),
+                    side,
                 },
             );
         }

@@ -71,6 +71,7 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         mut send,
         binding,
         handle: conn,
+        side,
         ..
     } = stream;
     let conn: &dyn ConnectionHandle = &*conn;
@@ -173,7 +174,7 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
     {
         return;
     }
-    let registration = ctx.hub.register(&handle);
+    let registration = ctx.hub.register(&handle, side);
     info!(%handle, "node connected");
 
     // Frames from the node arrive on their own task, so a large delivery being

@@ -31,6 +31,22 @@ pub struct ClientSettings {
     pub submissions: Option<u16>,
 }
 
+impl ClientSettings {
+    /// The RFC 6186 services for every `HANDLE.DOMAIN`: those passed through
+    /// with their port, and "not offered" for the rest (plain-text IMAP and
+    /// POP3 are never passed through: TLS must end on the node).
+    pub fn rfc6186_services(&self) -> Vec<(String, Option<u16>)> {
+        vec![
+            ("_imap".to_string(), None),
+            ("_imaps".to_string(), self.imaps),
+            ("_pop3".to_string(), None),
+            ("_pop3s".to_string(), self.pop3s),
+            ("_submission".to_string(), None),
+            ("_submissions".to_string(), self.submissions),
+        ]
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct AddressQuery {
     emailaddress: Option<String>,

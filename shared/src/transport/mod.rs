@@ -2,11 +2,18 @@
 //! [`TunnelStream`]; the relay accepts [`TunnelStream`]s. The protocol in
 //! [`crate::protocol`] runs unchanged over any of them. `quic.rs` is the first;
 //! Tor (arti) comes as `tor.rs` beside it.
+//!
+//! Besides the session's own stream, a connection carries [`SideStream`]s that
+//! the relay opens and the node accepts ([`SideStreams`]): one per TLS
+//! connection passed through to the node by SNI. QUIC has them natively; a
+//! transport over a single byte stream (Tor) multiplexes them itself.
 
 pub mod quic;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +28,8 @@ pub enum TransportError {
     Tls(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the tunnel connection cannot carry a new stream: {0}")]
+    Stream(String),
 }
 
 /// One authenticated-transport byte stream, both halves, plus what the protocol
@@ -35,6 +44,32 @@ pub struct TunnelStream {
     pub peer: SocketAddr,
     /// Keeps the underlying connection open while the stream lives, and closes it.
     pub handle: Box<dyn ConnectionHandle>,
+    /// Opens and accepts the connection's side streams; for other tasks to hold.
+    /// It does not keep the connection open: once `handle` closes it (or is
+    /// dropped), opening and accepting fail.
+    pub side: Arc<dyn SideStreams>,
+}
+
+/// A further byte stream inside a tunnel connection, beside the session's own.
+pub struct SideStream {
+    pub recv: Box<dyn AsyncRead + Send + Unpin>,
+    /// Shutting it down ends this direction only (half-close).
+    pub send: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// A boxed future, so that [`SideStreams`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The side streams of one connection: the relay opens them, the node accepts
+/// them. Side streams never hold up the session's stream: each has its own flow
+/// control, and the session's frames go first.
+pub trait SideStreams: Send + Sync {
+    /// Relay: opens a new stream to the node. Waits while the node already has
+    /// as many open as it allows.
+    fn open(&self) -> BoxFuture<'_, Result<SideStream, TransportError>>;
+    /// Node: the next stream the relay opened; an error once the connection is
+    /// closed.
+    fn accept(&self) -> BoxFuture<'_, Result<SideStream, TransportError>>;
 }
 
 /// Closing and watching the connection under a [`TunnelStream`].

@@ -7,7 +7,9 @@
 //! and connection migration on the relay so a NAT rebinding or a new home address
 //! keeps the same connection.
 
-use super::{ConnectionHandle, Connector, TransportError, TunnelStream};
+use super::{
+    BoxFuture, ConnectionHandle, Connector, SideStream, SideStreams, TransportError, TunnelStream,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -99,13 +101,33 @@ impl RelayTlsIdentity {
     }
 }
 
+/// Side streams (SNI passthrough connections) the relay may have open to one
+/// node at once; the relay's next one waits for one to end.
+pub const MAX_SIDE_STREAMS: u32 = 64;
+
+/// The most one stream may have in flight unread (QUIC stream flow control):
+/// 2 MiB is a 170 Mbit/s delivery to a node 100 ms away, and bounds what a
+/// passed-through connection whose reader stalls holds in memory.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The most the whole connection may have in flight unread: a full window for
+/// every side stream and two more, so side streams whose readers stall (a
+/// client that does not read what the node's server answers) can never use up
+/// the credit the session's stream needs to carry mail.
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW * (MAX_SIDE_STREAMS + 2);
+
 fn transport_config(client: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    // Many idle peers on one relay: small windows and few streams (DESIGN.md).
-    t.max_concurrent_bidi_streams(4u8.into());
+    // Streams the peer may open: the relay opens side streams to the node; the
+    // node opens only the session's stream (and no more before it has
+    // authenticated).
+    let peer_streams = if client { MAX_SIDE_STREAMS } else { 1 };
+    t.max_concurrent_bidi_streams(peer_streams.into());
     t.max_concurrent_uni_streams(0u8.into());
-    t.stream_receive_window((8u32 * 1024 * 1024).into());
-    t.receive_window((16u32 * 1024 * 1024).into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    // Credit only: memory follows the bytes that really arrive unread, so many
+    // idle peers on one relay cost no more for it (DESIGN.md).
+    t.receive_window(CONNECTION_WINDOW.into());
     t.datagram_receive_buffer_size(None);
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
@@ -181,13 +203,51 @@ fn stream_from(
     let mut binding = vec![0u8; 32];
     conn.export_keying_material(&mut binding, EXPORTER_LABEL, b"")
         .map_err(|_| TransportError::Tls("cannot export a channel binding".into()))?;
+    // The session's frames (mail, acknowledgements) are sent before the bytes
+    // of side streams when both wait for the congestion window.
+    let _ = send.set_priority(1);
     Ok(TunnelStream {
         recv: Box::new(recv),
         send: Box::new(send),
         binding,
         peer,
+        side: Arc::new(QuicSideStreams(conn.clone())),
         handle: Box::new(QuicHandle(conn)),
     })
+}
+
+/// Side streams are QUIC bidirectional streams: relay-initiated ones, which
+/// the node accepts (the node's session stream is the one the relay accepted).
+struct QuicSideStreams(quinn::Connection);
+
+impl SideStreams for QuicSideStreams {
+    fn open(&self) -> BoxFuture<'_, Result<SideStream, TransportError>> {
+        Box::pin(async move {
+            let (send, recv) = self
+                .0
+                .open_bi()
+                .await
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
+            Ok(SideStream {
+                recv: Box::new(recv),
+                send: Box::new(send),
+            })
+        })
+    }
+
+    fn accept(&self) -> BoxFuture<'_, Result<SideStream, TransportError>> {
+        Box::pin(async move {
+            let (send, recv) = self
+                .0
+                .accept_bi()
+                .await
+                .map_err(|e| TransportError::Stream(e.to_string()))?;
+            Ok(SideStream {
+                recv: Box::new(recv),
+                send: Box::new(send),
+            })
+        })
+    }
 }
 
 struct QuicHandle(quinn::Connection);
