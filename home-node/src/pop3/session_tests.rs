@@ -1,5 +1,6 @@
 use super::*;
 use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 
 const PASSWORD: &str = "secret pw";
 
