@@ -69,7 +69,7 @@ pub struct Store {
 
 /// A spool write waiting for the writer task.
 enum WriteOp {
-    Insert(Vec<SpoolEntry>, oneshot::Sender<Result<(), String>>),
+    Insert(Vec<Arc<SpoolEntry>>, oneshot::Sender<Result<(), String>>),
     Delete(String, Vec<String>, oneshot::Sender<Result<usize, String>>),
 }
 
@@ -315,6 +315,13 @@ impl Store {
     /// Writes messages to the spool in one transaction; when this returns `Ok`
     /// they are durable.
     pub async fn spool_insert(&self, entries: &[SpoolEntry]) -> Result<(), StoreError> {
+        let shared: Vec<Arc<SpoolEntry>> = entries.iter().cloned().map(Arc::new).collect();
+        self.spool_insert_shared(&shared).await
+    }
+
+    /// [`Store::spool_insert`] for messages the caller keeps using after the
+    /// commit (the MX hands them to the tunnel), without copying them.
+    pub async fn spool_insert_shared(&self, entries: &[Arc<SpoolEntry>]) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(WriteOp::Insert(entries.to_vec(), tx))
@@ -494,7 +501,7 @@ async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx
                         .bind(e.data.len() as i64)
                         .bind(e.received_at)
                         .bind(i64::from(e.relay_encrypted))
-                        .bind(e.data.clone())
+                        .bind(&e.data[..])
                         .bind(e.plain_size)
                         .execute(&mut *tx)
                         .await?;

@@ -148,7 +148,7 @@ impl Acceptor {
                     Err(_) => return StoreVerdict::TempFail,
                 }
             };
-            entries.push(SpoolEntry {
+            entries.push(Arc::new(SpoolEntry {
                 id,
                 handle,
                 mail_from: tx.mail_from.clone(),
@@ -157,18 +157,19 @@ impl Acceptor {
                 relay_encrypted: !already_encrypted,
                 plain_size,
                 data,
-            });
+            }));
         }
-        if let Err(e) = self.store.spool_insert(&entries).await {
+        if let Err(e) = self.store.spool_insert_shared(&entries).await {
             warn!(error = %e, "spool write failed");
             return StoreVerdict::TempFail;
         }
-        for e in &entries {
+        let first_id = entries.first().map(|e| e.id.to_string());
+        for e in entries {
             info!(queue_id = %e.id, handle = %e.handle, size = e.data.len(), encrypted_here = e.relay_encrypted, "spooled");
-            self.hub.notify(&e.handle);
+            self.hub.offer(e);
         }
-        match entries.first() {
-            Some(e) => StoreVerdict::Stored(e.id.to_string()),
+        match first_id {
+            Some(id) => StoreVerdict::Stored(id),
             None => StoreVerdict::TempFail,
         }
     }

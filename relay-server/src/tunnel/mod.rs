@@ -7,10 +7,18 @@ mod session;
 
 pub use session::{serve, TunnelContext};
 
+use crate::store::SpoolEntry;
 use omb_shared::transport::SideStreams;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+
+/// Messages up to this size are handed to a connected node's session in
+/// memory, right after their spool commit; larger ones only wake it, and it
+/// reads them from the spool.
+const OFFER_MAX_BYTES: usize = 256 * 1024;
+/// Offers waiting for a session at most; beyond, it is woken to read the spool.
+const OFFER_QUEUE: usize = 256;
 
 /// Wakes the tunnel session of an account when new mail is spooled for it,
 /// makes a new session of a node replace its older one, and lends the live
@@ -25,6 +33,7 @@ struct Slot {
     wake: Arc<Notify>,
     stop: Arc<Notify>,
     side: Arc<dyn SideStreams>,
+    offers: mpsc::Sender<Arc<SpoolEntry>>,
 }
 
 /// A registered session's handles.
@@ -32,6 +41,8 @@ pub struct Registration {
     pub generation: u64,
     pub wake: Arc<Notify>,
     pub stop: Arc<Notify>,
+    /// Newly spooled (committed) messages, handed over in memory.
+    pub offers: mpsc::Receiver<Arc<SpoolEntry>>,
 }
 
 impl Hub {
@@ -48,6 +59,20 @@ impl Hub {
         }
     }
 
+    /// A message for `handle` was durably spooled: hand it to the session of
+    /// its node, if it has one here, so it is sent without a spool read. The
+    /// spool stays the truth: an offer that does not fit only wakes the
+    /// session, which then reads the spool.
+    pub fn offer(&self, entry: Arc<SpoolEntry>) {
+        if let Ok(map) = self.inner.lock() {
+            if let Some(slot) = map.get(&entry.handle) {
+                if entry.data.len() > OFFER_MAX_BYTES || slot.offers.try_send(entry).is_err() {
+                    slot.wake.notify_one();
+                }
+            }
+        }
+    }
+
     /// The side streams of `handle`'s node connection, if it has a session here.
     pub fn side_streams(&self, handle: &str) -> Option<Arc<dyn SideStreams>> {
         let map = self.inner.lock().ok()?;
@@ -59,6 +84,7 @@ impl Hub {
     pub fn register(&self, handle: &str, side: Arc<dyn SideStreams>) -> Registration {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
+        let (offer_tx, offers) = mpsc::channel(OFFER_QUEUE);
         let mut generation = 1;
         if let Ok(mut map) = self.inner.lock() {
             if let Some(old) = map.get(handle) {
@@ -72,6 +98,7 @@ impl Hub {
                     wake: wake.clone(),
                     stop: stop.clone(),
                     side,
+                    offers: offer_tx,
                 },
             );
         }
@@ -79,6 +106,7 @@ impl Hub {
             generation,
             wake,
             stop,
+            offers,
         }
     }
 

@@ -1,7 +1,7 @@
 //! One node's tunnel session on the relay.
 
 use super::Hub;
-use crate::store::{LinkRefusal, Store};
+use crate::store::{LinkRefusal, SpoolEntry, Store};
 use omb_shared::identity::verify_challenge;
 use omb_shared::pgp;
 use omb_shared::protocol::{
@@ -174,7 +174,7 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
     {
         return;
     }
-    let registration = ctx.hub.register(&handle, side);
+    let mut registration = ctx.hub.register(&handle, side);
     info!(%handle, "node connected");
 
     // Frames from the node arrive on their own task, so a large delivery being
@@ -196,29 +196,27 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
     // holding up the next sends while the commit's fsync runs.
     let mut deleting: HashSet<String> = HashSet::new();
     let mut deletes: JoinSet<(Vec<String>, Result<usize, String>)> = JoinSet::new();
+    // Whether the spool may hold mail for this node that was neither sent nor
+    // offered in memory: at start, after a wake-up, when offers did not fit
+    // the window, and every RESCAN (another relay instance may have spooled).
+    let mut need_scan = true;
     let result: Result<(), String> = async {
         loop {
             // Fill the window: at most `window` messages and about 16 MiB in
             // flight (but always at least one, whatever its size).
-            if inflight.len() < ctx.window && inflight_bytes < MAX_INFLIGHT_BYTES {
-                let queue = ctx.store.spool_queue(&handle, &inflight.keys().chain(deleting.iter()).cloned().collect(), ctx.window - inflight.len()).await.map_err(|e| e.to_string())?;
+            if need_scan && inflight.len() < ctx.window && inflight_bytes < MAX_INFLIGHT_BYTES {
+                let room = ctx.window - inflight.len();
+                let queue = ctx.store.spool_queue(&handle, &inflight.keys().chain(deleting.iter()).cloned().collect(), room).await.map_err(|e| e.to_string())?;
+                // A short answer means nothing else is waiting.
+                need_scan = queue.len() >= room;
                 for (id, size) in queue {
                     if !inflight.is_empty() && inflight_bytes + size > MAX_INFLIGHT_BYTES {
+                        need_scan = true;
                         break;
                     }
                     let Some(e) = ctx.store.spool_get(&handle, &id).await.map_err(|e| e.to_string())? else { continue };
-                    let delivery = Delivery {
-                        id: e.id.0.clone(),
-                        mail_from: e.mail_from,
-                        rcpt_to: e.rcpt_to,
-                        received_at: e.received_at,
-                        relay_encrypted: e.relay_encrypted,
-                        plain_size: e.plain_size.max(0) as u64,
-                        data: e.data,
-                    };
-                    write_frame(&mut send, &Frame::Deliver(delivery)).await.map_err(|e| e.to_string())?;
-                    debug!(queue_id = %e.id, "sent to node");
-                    inflight.insert(e.id.0, size);
+                    send_delivery(&mut send, e).await?;
+                    inflight.insert(id, size);
                     inflight_bytes += size;
                 }
             }
@@ -270,9 +268,34 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                     }
                     debug!(acked = ids.len(), deleted, "acknowledgements committed");
                 }
-                _ = registration.wake.notified() => {}
+                Some(first) = registration.offers.recv() => {
+                    let mut offers = vec![first];
+                    while let Ok(more) = registration.offers.try_recv() {
+                        offers.push(more);
+                    }
+                    for entry in offers {
+                        let id = entry.id.as_str();
+                        // Sent already, or the next scan will find it.
+                        if need_scan || inflight.contains_key(id) || deleting.contains(id) {
+                            continue;
+                        }
+                        let size = entry.data.len() as i64;
+                        let fits = inflight.len() < ctx.window
+                            && (inflight.is_empty() || inflight_bytes + size <= MAX_INFLIGHT_BYTES);
+                        if !fits {
+                            need_scan = true;
+                            continue;
+                        }
+                        let id = id.to_string();
+                        let entry = Arc::try_unwrap(entry).unwrap_or_else(|shared| (*shared).clone());
+                        send_delivery(&mut send, entry).await?;
+                        inflight.insert(id, size);
+                        inflight_bytes += size;
+                    }
+                }
+                _ = registration.wake.notified() => need_scan = true,
                 _ = registration.stop.notified() => return Err("replaced by a newer connection of the same node".to_string()),
-                _ = tokio::time::sleep(RESCAN) => {}
+                _ = tokio::time::sleep(RESCAN) => need_scan = true,
             }
         }
     }
@@ -289,6 +312,25 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
             conn.close(&reason);
         }
     }
+}
+
+/// Sends one spooled message to the node.
+async fn send_delivery<W: AsyncWrite + Unpin>(send: &mut W, e: SpoolEntry) -> Result<(), String> {
+    let delivery = Delivery {
+        id: e.id.0,
+        mail_from: e.mail_from,
+        rcpt_to: e.rcpt_to,
+        received_at: e.received_at,
+        relay_encrypted: e.relay_encrypted,
+        plain_size: e.plain_size.max(0) as u64,
+        data: e.data,
+    };
+    let id = delivery.id.clone();
+    write_frame(send, &Frame::Deliver(delivery))
+        .await
+        .map_err(|e| e.to_string())?;
+    debug!(queue_id = %id, "sent to node");
+    Ok(())
 }
 
 fn frame_name(f: &Frame) -> &'static str {
