@@ -159,11 +159,20 @@ def report(results, args, ctx, sizes):
     bad = [(n, sum(x["bad"] for x in xs)) for n, xs in fetched.items() if any(x["bad"] for x in xs)]
     for n, k in bad:
         print(f"!!!!! ERROR: {n} served {k} BODY[] that differ from the message sent — its figures are not valid !!!!!")
+    for n, xs in fetched.items():
+        for mode, x in zip(results[n]["random"], xs):
+            if x["errors"]:
+                print(f"!!!!! ERROR: {n} {ITEM_LABEL[mode].split()[0]}: {len(x['errors'])} of {x['clients']} clients "
+                      f"stopped on an error, e.g. {x['errors'][0]} !!!!!")
+            if x["failed"]:
+                print(f"!!!!! ERROR: {n} {ITEM_LABEL[mode].split()[0]}: {x['failed']} fetches answered NO/BAD "
+                      f"(not counted), e.g. {x['failed_samples'][0]} !!!!!")
     checked = {n: sum(x["fetches"] for x in xs) for n, xs in fetched.items()}
     if checked and not bad:
         note = "; the node's carry the relay's trace fields in front" if "omb" in checked else ""
         counts = ", ".join(f"{n} {k}" for n, k in checked.items())
         print(f"correctness: every BODY[] fetched was the message sent, byte for byte ({counts} checked{note})")
+    verdicts = {k: v for k, v in verdicts.items() if v in ("target met", "NOT met")}
     if verdicts:
         met = all(v == "target met" for v in verdicts.values())
         print(f"targets: {'all met' if met else 'NOT all met'} "
@@ -247,7 +256,7 @@ def main():
             json.dump({"figures": {n: figures(r) for n, r in results.items()}, "verdicts": verdicts,
                        "results": results, "context": ctx,
                        "args": {k: v for k, v in vars(args).items()}}, f, indent=1, default=str)
-    bad = any(x["bad"] or x["errors"] for r in results.values() if r and "random" in r for x in r["random"].values())
+    bad = any(x["bad"] or x["errors"] or x["failed"] for r in results.values() if r and "random" in r for x in r["random"].values())
     sys.exit(2 if bad else 1 if failed else 0)
 
 

@@ -9,7 +9,7 @@ import re
 import statistics
 import time
 
-from imapclient import Imap, fetch_items, uid_of
+from imapclient import Imap, ImapError, fetch_items, uid_of
 from procs import MiB, MemSampler, cpu_ticks_total, log, now, proc_mem, proc_name, reset_peak
 
 
@@ -110,7 +110,8 @@ def fetch_worker(k, srv, uids, msgs, args, item, ready, go, start_at, done, may_
         t_end = t0 + args.duration
         while now() < t0:
             time.sleep(0.001)
-        n = nbytes = 0
+        n = nbytes = failed = 0
+        fails = []
         kinds = {"exact": 0, "traced": 0}
         bad = []
         lat = []
@@ -126,7 +127,14 @@ def fetch_worker(k, srv, uids, msgs, args, item, ready, go, start_at, done, may_
                 if lits and fetch_items(text) is not None:
                     got.append(lits[0])
 
-            c.command(b"UID FETCH %d (%s)" % (uids[i], item), on)
+            try:
+                c.command(b"UID FETCH %d (%s)" % (uids[i], item), on)
+            except ImapError as e:
+                # A NO or BAD: counted as failed, not as a fetch; the client goes on.
+                failed += 1
+                if len(fails) < 3:
+                    fails.append(str(e))
+                continue
             t1 = now()
             if t1 > t_end:
                 break            # finished after the deadline: not counted
@@ -146,7 +154,8 @@ def fetch_worker(k, srv, uids, msgs, args, item, ready, go, start_at, done, may_
         may_logout.wait()
         c.logout()
         results.put({"k": k, "n": n, "bytes": nbytes, "kinds": kinds, "bad": bad[:5], "bad_n": len(bad),
-                     "lat": lat, "cpu": cpu})
+                     "lat": lat, "cpu": cpu,
+                     "failed": failed, "fails": fails})
     except Exception as e:      # reported, never hangs the parent
         try:
             done.put(k)
@@ -212,6 +221,7 @@ def random_fetches(srv, uids, msgs, args, item):
         "fetches": n, "per_s": n / args.duration, "mib_per_s": sum(r["bytes"] for r in ok) / MiB / args.duration,
         "lat_p50_ms": pct(lat, 50) * 1000, "lat_p99_ms": pct(lat, 99) * 1000,
         "exact": sum(r["kinds"]["exact"] for r in ok), "traced": sum(r["kinds"]["traced"] for r in ok),
+        "failed": sum(r["failed"] for r in ok), "failed_samples": [f for r in ok for f in r["fails"]][:3],
         "bad": sum(r["bad_n"] for r in ok), "bad_samples": [b for r in ok for b in r["bad"]][:5],
         "server_cpu_pct": 100.0 * (cpu1 - cpu0) / wall,
         "driver_cpu_pct": 100.0 * sum(r["cpu"] for r in ok) / args.duration,
@@ -286,6 +296,8 @@ def measure(srv, msgs, mids, args):
             rnd = r["random"][mode] = random_fetches(srv, uids, msgs, args, item)
             if rnd["errors"]:
                 log(f"  {srv.name}: CLIENT ERRORS: {rnd['errors'][:3]}")
+            if rnd["failed"]:
+                log(f"  {srv.name}: {rnd['failed']} fetches FAILED, e.g. {rnd['failed_samples'][:2]}")
             if rnd["bad"]:
                 log(f"\n!!!!! {srv.name}: {rnd['bad']} of {rnd['fetches']} {item.decode()} fetched are NOT "
                     "the message sent !!!!!")
