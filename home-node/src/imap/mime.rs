@@ -19,6 +19,9 @@ pub struct Meta {
     pub size: u32,
     pub envelope: Env,
     pub tree: Part,
+    /// The message's header block (with the empty line): header fetches and
+    /// header searches need no decryption.
+    pub header: Vec<u8>,
 }
 
 /// ENVELOPE fields, raw (RFC 2047 words left encoded, as RFC 3501 asks).
@@ -92,6 +95,7 @@ impl Meta {
             version: VERSION,
             ciphertext,
             size: message.len().min(u32::MAX as usize) as u32,
+            header: message[..(tree.header.1 as usize).min(message.len())].to_vec(),
             envelope,
             tree,
         }
@@ -125,7 +129,11 @@ fn part(msg: &mail_parser::Message, index: usize, raw: &[u8], base: u32, depth: 
     };
     let len = raw.len() as u32;
     let (h0, b0) = (p.offset_header.min(len), p.offset_body.min(len));
-    let b1 = if index == 0 { len } else { p.offset_end.clamp(b0, len) };
+    let b1 = if index == 0 {
+        len
+    } else {
+        p.offset_end.clamp(b0, len)
+    };
     let ct = p.content_type();
     let (mut ctype, mut subtype) = match ct {
         Some(ct) => (
@@ -139,7 +147,11 @@ fn part(msg: &mail_parser::Message, index: usize, raw: &[u8], base: u32, depth: 
     }
     let mut params: Vec<(String, String)> = ct
         .and_then(|c| c.attributes.as_ref())
-        .map(|a| a.iter().map(|x| (x.name.to_string(), x.value.to_string())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|x| (x.name.to_string(), x.value.to_string()))
+                .collect()
+        })
         .unwrap_or_default();
     if ct.is_none() {
         params.push(("charset".into(), "us-ascii".into()));
@@ -155,7 +167,9 @@ fn part(msg: &mail_parser::Message, index: usize, raw: &[u8], base: u32, depth: 
             .unwrap_or("7bit")
             .to_ascii_uppercase(),
         md5: p
-            .header("Content-MD5")
+            .headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case("Content-MD5"))
             .and_then(|h| h.value().as_text())
             .map(str::to_string),
         disposition: p.content_disposition().map(|d| {
@@ -163,7 +177,11 @@ fn part(msg: &mail_parser::Message, index: usize, raw: &[u8], base: u32, depth: 
                 d.c_type.to_string(),
                 d.attributes
                     .as_ref()
-                    .map(|a| a.iter().map(|x| (x.name.to_string(), x.value.to_string())).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| (x.name.to_string(), x.value.to_string()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             )
         }),
@@ -206,10 +224,19 @@ fn part(msg: &mail_parser::Message, index: usize, raw: &[u8], base: u32, depth: 
 }
 
 fn envelope(msg: &mail_parser::Message, raw: &[u8]) -> Env {
-    let headers = msg.parts.first().map(|p| p.headers.as_slice()).unwrap_or(&[]);
+    let headers = msg
+        .parts
+        .first()
+        .map(|p| p.headers.as_slice())
+        .unwrap_or(&[]);
     let raw_value = |name: &str| -> Option<Vec<u8>> {
-        let h = headers.iter().find(|h| h.name().eq_ignore_ascii_case(name))?;
-        let (s, e) = (h.offset_start as usize, (h.offset_end as usize).min(raw.len()));
+        let h = headers
+            .iter()
+            .find(|h| h.name().eq_ignore_ascii_case(name))?;
+        let (s, e) = (
+            h.offset_start as usize,
+            (h.offset_end as usize).min(raw.len()),
+        );
         let v: Vec<u8> = raw
             .get(s..e)?
             .iter()
@@ -293,8 +320,14 @@ fn encode_word(name: &str) -> Vec<u8> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let s = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let e = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(s, |e| e + 1);
+    let s = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let e = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(s, |e| e + 1);
     &v[s..e]
 }
 
@@ -327,19 +360,37 @@ mod tests {
         let m = Meta::build(MIXED, false);
         assert_eq!(m.size as usize, MIXED.len());
         assert_eq!(m.envelope.subject.as_deref(), Some(&b"=?utf-8?q?hi?="[..]));
-        assert_eq!(m.envelope.from[0].name.as_deref(), Some(&b"=?utf-8?b?SsO2cmc=?="[..]));
-        assert_eq!(m.envelope.from[0].host.as_deref(), Some(&b"example.org"[..]));
+        assert_eq!(
+            m.envelope.from[0].name.as_deref(),
+            Some(&b"=?utf-8?b?SsO2cmc=?="[..])
+        );
+        assert_eq!(
+            m.envelope.from[0].host.as_deref(),
+            Some(&b"example.org"[..])
+        );
         assert_eq!(m.envelope.sender, m.envelope.from);
         assert_eq!(m.envelope.to.len(), 4, "{:?}", m.envelope.to);
-        let Kind::Multi(kids) = &m.tree.kind else { panic!("{:?}", m.tree) };
+        let Kind::Multi(kids) = &m.tree.kind else {
+            panic!("{:?}", m.tree)
+        };
         assert_eq!(kids.len(), 2);
         let text = &MIXED[kids[0].body.0 as usize..kids[0].body.1 as usize];
-        assert!(text.starts_with(b"line one\r\nline two"), "{:?}", String::from_utf8_lossy(text));
+        assert!(
+            text.starts_with(b"line one\r\nline two"),
+            "{:?}",
+            String::from_utf8_lossy(text)
+        );
         assert_eq!(kids[0].subtype, "plain");
-        let Kind::Message(env, inner) = &kids[1].kind else { panic!() };
+        let Kind::Message(env, inner) = &kids[1].kind else {
+            panic!()
+        };
         assert_eq!(env.subject.as_deref(), Some(&b"inner"[..]));
         let body = &MIXED[inner.body.0 as usize..inner.body.1 as usize];
-        assert!(body.starts_with(b"inner body"), "{:?}", String::from_utf8_lossy(body));
+        assert!(
+            body.starts_with(b"inner body"),
+            "{:?}",
+            String::from_utf8_lossy(body)
+        );
         let again = Meta::from_bytes(&m.to_bytes(), false).unwrap();
         assert_eq!(again, m);
         assert!(Meta::from_bytes(&m.to_bytes(), true).is_none());

@@ -81,26 +81,38 @@ pub(crate) async fn next_uidvalidity(tx: &mut Transaction<'_, Sqlite>) -> Result
 impl MailStore {
     /// One folder by name (INBOX in any case).
     pub async fn mailbox(&self, name: &str) -> Result<Option<MailboxInfo>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM mailboxes WHERE name = ?1"))
-            .bind(canonical(name))
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM mailboxes WHERE name = ?1"
+        ))
+        .bind(canonical(name))
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(info).transpose()
     }
 
     pub async fn mailbox_by_id(&self, id: i64) -> Result<Option<MailboxInfo>, StoreError> {
-        let row = sqlx::query(concat!("SELECT ", columns!(), " FROM mailboxes WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM mailboxes WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(info).transpose()
     }
 
     /// Every folder, by name.
     pub async fn all_mailboxes(&self) -> Result<Vec<MailboxInfo>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", columns!(), " FROM mailboxes ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM mailboxes ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(info).collect()
     }
 
@@ -177,12 +189,13 @@ impl MailStore {
         if mb.name == "INBOX" {
             return Err(StoreError::Refused("INBOX cannot be deleted"));
         }
-        let children = sqlx::query("SELECT 1 FROM mailboxes WHERE substr(name, 1, ?2) = ?1 LIMIT 1")
-            .bind(format!("{}{DELIMITER}", mb.name))
-            .bind(mb.name.len() as i64 + 1)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
+        let children =
+            sqlx::query("SELECT 1 FROM mailboxes WHERE substr(name, 1, ?2) = ?1 LIMIT 1")
+                .bind(format!("{}{DELIMITER}", mb.name))
+                .bind(mb.name.len() as i64 + 1)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
         let mut tx = self.pool.begin().await?;
         if children {
             if mb.noselect {
@@ -265,13 +278,15 @@ impl MailStore {
                 .await?;
         } else {
             let prefix = format!("{}{DELIMITER}", src.name);
-            sqlx::query("UPDATE mailboxes SET name = ?2 || substr(name, ?3) WHERE substr(name, 1, ?4) = ?1")
-                .bind(&prefix)
-                .bind(format!("{to}{DELIMITER}"))
-                .bind(prefix.len() as i64 + 1)
-                .bind(prefix.len() as i64)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE mailboxes SET name = ?2 || substr(name, ?3) WHERE substr(name, 1, ?4) = ?1",
+            )
+            .bind(&prefix)
+            .bind(format!("{to}{DELIMITER}"))
+            .bind(prefix.len() as i64 + 1)
+            .bind(prefix.len() as i64)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE mailboxes SET name = ?2 WHERE id = ?1")
                 .bind(src.id)
                 .bind(&to)

@@ -82,19 +82,29 @@ async fn bump(tx: &mut Transaction<'_, Sqlite>, mailbox_id: i64) -> Result<i64, 
     )
 }
 
-async fn next_uid(tx: &mut Transaction<'_, Sqlite>, mailbox_id: i64) -> Result<(u32, u32), StoreError> {
+async fn next_uid(
+    tx: &mut Transaction<'_, Sqlite>,
+    mailbox_id: i64,
+) -> Result<(u32, u32), StoreError> {
     let r = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + 1 WHERE id = ?1 AND noselect = 0 RETURNING uidnext - 1, uidvalidity")
         .bind(mailbox_id)
         .fetch_optional(&mut **tx)
         .await?
         .ok_or(StoreError::Refused("that folder cannot hold messages"))?;
-    Ok((r.try_get::<i64, _>(0)? as u32, r.try_get::<i64, _>(1)? as u32))
+    Ok((
+        r.try_get::<i64, _>(0)? as u32,
+        r.try_get::<i64, _>(1)? as u32,
+    ))
 }
 
 impl MailStore {
     /// Every message of a folder, by UID.
     pub async fn snapshot(&self, mailbox_id: i64) -> Result<Vec<MsgRow>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", row_columns!(), " FROM messages WHERE mailbox_id = ?1 ORDER BY uid"))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            row_columns!(),
+            " FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
+        ))
         .bind(mailbox_id)
         .fetch_all(&self.pool)
         .await?;
@@ -108,16 +118,22 @@ impl MailStore {
         mailbox_id: i64,
         modseq: u64,
     ) -> Result<(Vec<MsgRow>, Vec<u32>), StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", row_columns!(), " FROM messages WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid"))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            row_columns!(),
+            " FROM messages WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid"
+        ))
         .bind(mailbox_id)
         .bind(modseq as i64)
         .fetch_all(&self.pool)
         .await?;
-        let gone = sqlx::query("SELECT uid FROM expunged WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid")
-            .bind(mailbox_id)
-            .bind(modseq as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let gone = sqlx::query(
+            "SELECT uid FROM expunged WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid",
+        )
+        .bind(mailbox_id)
+        .bind(modseq as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok((
             rows.iter().map(row).collect::<Result<_, _>>()?,
             gone.iter()
@@ -182,7 +198,11 @@ impl MailStore {
         let mut modseq = None;
         for chunk in uids.chunks(500) {
             let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
-            let rows = sqlx::query(concat!("SELECT ", row_columns!(), " FROM messages WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid"))
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                row_columns!(),
+                " FROM messages WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid"
+            ))
             .bind(mailbox_id)
             .bind(i64::from(lo))
             .bind(i64::from(hi))
@@ -229,7 +249,11 @@ impl MailStore {
 
     /// Removes the messages flagged `\Deleted` (only those in `only`, when
     /// given: UID EXPUNGE); returns their UIDs.
-    pub async fn expunge(&self, mailbox_id: i64, only: Option<&[u32]>) -> Result<Vec<u32>, StoreError> {
+    pub async fn expunge(
+        &self,
+        mailbox_id: i64,
+        only: Option<&[u32]>,
+    ) -> Result<Vec<u32>, StoreError> {
         let rows = sqlx::query("SELECT uid FROM messages WHERE mailbox_id = ?1 AND (' ' || flags || ' ') LIKE '% \\Deleted %' ORDER BY uid")
             .bind(mailbox_id)
             .fetch_all(&self.pool)
@@ -256,20 +280,40 @@ impl MailStore {
 
     /// Copies messages to another folder (new UIDs there, flags kept);
     /// returns (source UID, new UID) pairs.
-    pub async fn copy(&self, from: i64, uids: &[u32], to: i64) -> Result<Vec<(u32, u32)>, StoreError> {
+    pub async fn copy(
+        &self,
+        from: i64,
+        uids: &[u32],
+        to: i64,
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
         self.transfer(from, uids, to, false).await
     }
 
     /// Moves messages (RFC 6851): like COPY, then expunged from the source.
-    pub async fn move_messages(&self, from: i64, uids: &[u32], to: i64) -> Result<Vec<(u32, u32)>, StoreError> {
+    pub async fn move_messages(
+        &self,
+        from: i64,
+        uids: &[u32],
+        to: i64,
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
         self.transfer(from, uids, to, true).await
     }
 
-    async fn transfer(&self, from: i64, uids: &[u32], to: i64, remove_source: bool) -> Result<Vec<(u32, u32)>, StoreError> {
+    async fn transfer(
+        &self,
+        from: i64,
+        uids: &[u32],
+        to: i64,
+        remove_source: bool,
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut pairs = Vec::with_capacity(uids.len());
         let dst_modseq = bump(&mut tx, to).await?;
-        let src_modseq = if remove_source { bump(&mut tx, from).await? } else { 0 };
+        let src_modseq = if remove_source {
+            bump(&mut tx, from).await?
+        } else {
+            0
+        };
         for &uid in uids {
             let exists = sqlx::query("SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
                 .bind(from)
@@ -289,12 +333,14 @@ impl MailStore {
                     .bind(dst_modseq)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?1, ?2, ?3)")
-                    .bind(from)
-                    .bind(i64::from(uid))
-                    .bind(src_modseq)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?1, ?2, ?3)",
+                )
+                .bind(from)
+                .bind(i64::from(uid))
+                .bind(src_modseq)
+                .execute(&mut *tx)
+                .await?;
             } else {
                 sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data, meta) SELECT ?3, ?4, internaldate, size, flags, ?5, data, meta FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
                     .bind(from)
@@ -316,7 +362,12 @@ impl MailStore {
     }
 }
 
-async fn remove(tx: &mut Transaction<'_, Sqlite>, mailbox_id: i64, uid: u32, modseq: i64) -> Result<(), StoreError> {
+async fn remove(
+    tx: &mut Transaction<'_, Sqlite>,
+    mailbox_id: i64,
+    uid: u32,
+    modseq: i64,
+) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
         .bind(mailbox_id)
         .bind(i64::from(uid))
@@ -341,11 +392,23 @@ mod tests {
 
     #[test]
     fn flag_operations() {
-        assert_eq!(apply_flags("", FlagOp::Add, &s(&["\\Seen"])), Some("\\Seen".into()));
+        assert_eq!(
+            apply_flags("", FlagOp::Add, &s(&["\\Seen"])),
+            Some("\\Seen".into())
+        );
         assert_eq!(apply_flags("\\Seen", FlagOp::Add, &s(&["\\seen"])), None);
-        assert_eq!(apply_flags("\\Seen foo", FlagOp::Remove, &s(&["FOO"])), Some("\\Seen".into()));
-        assert_eq!(apply_flags("\\Seen foo", FlagOp::Replace, &s(&["foo", "\\Seen"])), None);
-        assert_eq!(apply_flags("\\Seen", FlagOp::Replace, &s(&[])), Some(String::new()));
+        assert_eq!(
+            apply_flags("\\Seen foo", FlagOp::Remove, &s(&["FOO"])),
+            Some("\\Seen".into())
+        );
+        assert_eq!(
+            apply_flags("\\Seen foo", FlagOp::Replace, &s(&["foo", "\\Seen"])),
+            None
+        );
+        assert_eq!(
+            apply_flags("\\Seen", FlagOp::Replace, &s(&[])),
+            Some(String::new())
+        );
     }
 
     #[tokio::test]
@@ -355,21 +418,47 @@ mod tests {
         let store = MailStore::open(&dir).await.unwrap();
         let inbox = store.mailbox("inbox").await.unwrap().unwrap();
         let trash = store.mailbox("Trash").await.unwrap().unwrap();
-        let (u1, v) = store.append(inbox.id, 1, 3, b"one", "", None).await.unwrap();
+        let (u1, v) = store
+            .append(inbox.id, 1, 3, b"one", "", None)
+            .await
+            .unwrap();
         assert_eq!((u1, v), (1, inbox.uidvalidity));
-        let (u2, _) = store.append(inbox.id, 2, 3, b"two", "\\Seen", Some(b"m")).await.unwrap();
+        let (u2, _) = store
+            .append(inbox.id, 2, 3, b"two", "\\Seen", Some(b"m"))
+            .await
+            .unwrap();
         assert_eq!(store.counts(inbox.id).await.unwrap().unseen, 1);
-        let before = store.mailbox_by_id(inbox.id).await.unwrap().unwrap().highestmodseq;
-        let up = store.set_flags(inbox.id, &[u1, u2], FlagOp::Add, &s(&["\\Deleted"]), Some(before - 1)).await.unwrap();
+        let before = store
+            .mailbox_by_id(inbox.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .highestmodseq;
+        let up = store
+            .set_flags(
+                inbox.id,
+                &[u1, u2],
+                FlagOp::Add,
+                &s(&["\\Deleted"]),
+                Some(before - 1),
+            )
+            .await
+            .unwrap();
         assert_eq!(up.changed.len(), 1, "{up:?}");
         assert_eq!(up.modified, vec![u2]);
         let pairs = store.copy(inbox.id, &[u2], trash.id).await.unwrap();
         assert_eq!(pairs, vec![(u2, 1)]);
-        assert_eq!(store.metas(trash.id, &[1]).await.unwrap(), vec![(1, Some(b"m".to_vec()))]);
+        assert_eq!(
+            store.metas(trash.id, &[1]).await.unwrap(),
+            vec![(1, Some(b"m".to_vec()))]
+        );
         let (changed, gone) = store.changes_since(inbox.id, before).await.unwrap();
         assert_eq!((changed.len(), gone.len()), (1, 0));
         assert_eq!(store.expunge(inbox.id, None).await.unwrap(), vec![u1]);
-        let moved = store.move_messages(inbox.id, &[u2], trash.id).await.unwrap();
+        let moved = store
+            .move_messages(inbox.id, &[u2], trash.id)
+            .await
+            .unwrap();
         assert_eq!(moved, vec![(u2, 2)]);
         let (_, gone) = store.changes_since(inbox.id, before).await.unwrap();
         assert_eq!(gone, vec![u1, u2]);
@@ -385,7 +474,10 @@ mod tests {
         let store = MailStore::open(&dir).await.unwrap();
         store.create_mailbox("a/b/c").await.unwrap();
         assert!(store.mailbox("a/b").await.unwrap().is_some());
-        assert!(matches!(store.create_mailbox("a").await, Err(StoreError::MailboxExists(_))));
+        assert!(matches!(
+            store.create_mailbox("a").await,
+            Err(StoreError::MailboxExists(_))
+        ));
         let old = store.mailbox("a/b/c").await.unwrap().unwrap();
         store.rename_mailbox("a", "x").await.unwrap();
         let renamed = store.mailbox("x/b/c").await.unwrap().unwrap();

@@ -21,8 +21,9 @@ impl MetaKey {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
-                omb_shared::pgp::write_private_file(&path, &key)
-                    .map_err(|e| StoreError::Key(format!("cannot write {}: {e}", path.display())))?;
+                omb_shared::pgp::write_private_file(&path, &key).map_err(|e| {
+                    StoreError::Key(format!("cannot write {}: {e}", path.display()))
+                })?;
                 key.to_vec()
             }
             Err(e) => {
@@ -139,6 +140,9 @@ fn runs(uids: &[u32]) -> Vec<(u32, u32)> {
 mod tests {
     #[test]
     fn runs_bridge_small_gaps() {
-        assert_eq!(super::runs(&[1, 2, 3, 7, 900, 901]), vec![(1, 7), (900, 901)]);
+        assert_eq!(
+            super::runs(&[1, 2, 3, 7, 900, 901]),
+            vec![(1, 7), (900, 901)]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
-mod mailbox;
+pub mod mailbox;
 mod messages;
 mod meta;
 
@@ -126,12 +126,14 @@ impl MailStore {
             }
             let mut tx = self.pool.begin().await?;
             let uidvalidity = mailbox::next_uidvalidity(&mut tx).await?;
-            sqlx::query("INSERT INTO mailboxes (name, special_use, uidvalidity) VALUES (?1, ?2, ?3)")
-                .bind(name)
-                .bind(special)
-                .bind(uidvalidity)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO mailboxes (name, special_use, uidvalidity) VALUES (?1, ?2, ?3)",
+            )
+            .bind(name)
+            .bind(special)
+            .bind(uidvalidity)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("INSERT OR IGNORE INTO subscriptions (name) VALUES (?1)")
                 .bind(name)
                 .execute(&mut *tx)
