@@ -6,6 +6,7 @@
 //! - `mime`, `section`, `convert`: message structure, sections, wire values,
 //! - `server`: the tokio driver (listeners, TLS, timeouts).
 
+pub mod cache;
 pub mod commands;
 pub mod convert;
 pub mod mime;
@@ -26,6 +27,9 @@ pub async fn spawn(
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let server = server::Server::new(ctx.clone());
+    if config.imap.is_some() || config.imaps.is_some() {
+        tasks.spawn(cache::fill(ctx.clone()));
+    }
     for (addr, implicit_tls) in [(config.imap, false), (config.imaps, true)] {
         let Some(addr) = addr else { continue };
         let listener = tokio::net::TcpListener::bind(addr)
