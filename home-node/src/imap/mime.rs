@@ -331,8 +331,11 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[s..e]
 }
 
+/// Lines of a body; a last line without its line end counts too.
 fn count_lines(body: &[u8]) -> u32 {
-    body.iter().filter(|&&b| b == b'\n').count() as u32
+    let ends = body.iter().filter(|&&b| b == b'\n').count();
+    let open = !body.is_empty() && !body.ends_with(b"\n");
+    (ends + usize::from(open)) as u32
 }
 
 /// Where the header block ends (after the empty line), or the whole length.

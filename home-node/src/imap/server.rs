@@ -179,8 +179,15 @@ impl Server {
                 }
                 continue;
             }
+            // Continuation requests and framing errors may be queued.
+            if session.has_output() && stream.write_all(&session.take_output()).await.is_err() {
+                return End::Closed;
+            }
             if stream.flush().await.is_err() {
                 return End::Closed;
+            }
+            if session.closing() {
+                continue;
             }
             let limit = if session.state() == State::NotAuthenticated {
                 LOGIN_TIMEOUT

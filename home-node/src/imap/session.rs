@@ -88,7 +88,12 @@ pub fn status(
     code: Option<Code<'static>>,
     text: &str,
 ) -> Response<'static> {
-    let text = Text::try_from(text.to_string()).unwrap_or_else(|_| Text::unvalidated("."));
+    // Response text is ASCII (RFC 9051 9: TEXT-CHAR); folder names in it are shown with '?'.
+    let text: String = text
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
+    let text = Text::try_from(text).unwrap_or_else(|_| Text::unvalidated("."));
     Response::Status(
         Status::new(tag.map(|t| t.clone().into_static()), kind, code, text).unwrap_or_else(|_| {
             Status::Bye(imap_codec::imap_types::response::Bye {

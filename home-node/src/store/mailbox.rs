@@ -192,7 +192,7 @@ impl MailStore {
         let children =
             sqlx::query("SELECT 1 FROM mailboxes WHERE substr(name, 1, ?2) = ?1 LIMIT 1")
                 .bind(format!("{}{DELIMITER}", mb.name))
-                .bind(mb.name.len() as i64 + 1)
+                .bind(mb.name.chars().count() as i64 + 1)
                 .fetch_optional(&self.pool)
                 .await?
                 .is_some();
@@ -283,8 +283,8 @@ impl MailStore {
             )
             .bind(&prefix)
             .bind(format!("{to}{DELIMITER}"))
-            .bind(prefix.len() as i64 + 1)
-            .bind(prefix.len() as i64)
+            .bind(prefix.chars().count() as i64 + 1)
+            .bind(prefix.chars().count() as i64)
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE mailboxes SET name = ?2 WHERE id = ?1")
