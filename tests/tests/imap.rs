@@ -112,7 +112,21 @@ fn imaplib_against_the_sandbox_node() {
         .expect("smtp")
         .parse()
         .expect("addr");
-    let transcript = swaks(smtp, "alice@sandbox.test", "", &["--data", &sent, "--tls"]);
+    // The whole message as DATA (swaks's --body would add headers of its own).
+    let out = Command::new("swaks")
+        .args(["--server", &smtp.to_string(), "--to", "alice@sandbox.test"])
+        .args([
+            "--from",
+            "sender@example.org",
+            "--helo",
+            "client.example.org",
+            "--tls",
+        ])
+        .args(["--data", &sent])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run swaks");
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
     let sent_at = now();
     assert!(transcript.contains("250 2.0.0"), "{transcript}");
     let exists = lines.next().and_then(Result::ok).unwrap_or_default();

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod commands;
 pub mod convert;
+pub mod deflate;
 pub mod mime;
 pub mod section;
 pub mod server;

@@ -3,6 +3,7 @@
 //! bytes between the socket and the session machine.
 
 use super::commands::{Flow, Handler};
+use super::deflate::Deflate;
 use super::session::{status, Limits, Session, State};
 use crate::access::AccessContext;
 use imap_codec::imap_types::response::{Code, Response, Status, StatusKind};
@@ -150,8 +151,9 @@ impl Server {
         let mut changes = self.ctx.store.subscribe_changes();
         let mut changes_open = true;
         let mut buf = vec![0u8; 16 * 1024];
+        let mut deflate: Option<Deflate> = None;
         loop {
-            if session.has_output() && stream.write_all(&session.take_output()).await.is_err() {
+            if write(&mut stream, &mut deflate, session).await.is_err() {
                 return End::Closed;
             }
             if session.closing() {
@@ -162,28 +164,38 @@ impl Server {
             if let Some(event) = session.next_event() {
                 let mut flow = handler.event(session, event).await;
                 while flow == Flow::More {
-                    if stream.write_all(&session.take_output()).await.is_err() {
+                    if write(&mut stream, &mut deflate, session).await.is_err() {
                         return End::Closed;
                     }
                     flow = handler.resume(session).await;
                 }
-                if flow == Flow::StartTls {
-                    if stream.write_all(&session.take_output()).await.is_err()
-                        || stream.flush().await.is_err()
-                    {
-                        return End::Closed;
+                match flow {
+                    Flow::StartTls => {
+                        if write(&mut stream, &mut deflate, session).await.is_err()
+                            || stream.flush().await.is_err()
+                        {
+                            return End::Closed;
+                        }
+                        // RFC 3501 6.2.1: nothing sent before the handshake counts.
+                        session.discard_input();
+                        return End::StartTls;
                     }
-                    // RFC 3501 6.2.1: nothing sent before the handshake counts.
-                    session.discard_input();
-                    return End::StartTls;
+                    Flow::Compress => {
+                        // RFC 4978 3: the tagged OK goes out uncompressed, then
+                        // everything is compressed both ways.
+                        if write(&mut stream, &mut deflate, session).await.is_err() {
+                            return End::Closed;
+                        }
+                        deflate = Some(Deflate::default());
+                    }
+                    Flow::Continue | Flow::More => {}
                 }
                 continue;
             }
             // Continuation requests and framing errors may be queued.
-            if session.has_output() && stream.write_all(&session.take_output()).await.is_err() {
-                return End::Closed;
-            }
-            if stream.flush().await.is_err() {
+            if write(&mut stream, &mut deflate, session).await.is_err()
+                || stream.flush().await.is_err()
+            {
                 return End::Closed;
             }
             if session.closing() {
@@ -201,7 +213,13 @@ impl Server {
                         session.close();
                     }
                     Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
-                    Ok(Ok(n)) => session.feed(&buf[..n]),
+                    Ok(Ok(n)) => match deflate.as_mut() {
+                        None => session.feed(&buf[..n]),
+                        Some(z) => match z.decompress(&buf[..n]) {
+                            Some(plain) => session.feed(&plain),
+                            None => return End::Closed,
+                        },
+                    },
                 },
                 change = changes.recv(), if changes_open && session.idling() => match change {
                     Ok(c) if Some(c.mailbox_id) == handler.selected_mailbox() => handler.idle_update(session).await,
@@ -211,6 +229,22 @@ impl Server {
                 },
             }
         }
+    }
+}
+
+/// Writes what the session queued (compressed once COMPRESS is on).
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    deflate: &mut Option<Deflate>,
+    session: &mut Session,
+) -> std::io::Result<()> {
+    if !session.has_output() {
+        return Ok(());
+    }
+    let out = session.take_output();
+    match deflate.as_mut() {
+        None => stream.write_all(&out).await,
+        Some(z) => stream.write_all(&z.compress(&out)).await,
     }
 }
 

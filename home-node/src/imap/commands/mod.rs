@@ -30,6 +30,8 @@ pub enum Flow {
     StartTls,
     /// Flush, then call [`Handler::resume`]: a long FETCH goes on.
     More,
+    /// Flush (the tagged OK), then compress both ways (RFC 4978).
+    Compress,
 }
 
 pub struct Handler {
@@ -44,6 +46,7 @@ pub struct Handler {
     /// The tag of an AUTHENTICATE waiting for its data, or of IDLE.
     waiting: Option<Tag<'static>>,
     fetch_job: Option<fetch::FetchJob>,
+    compressing: bool,
 }
 
 /// A response code of RFC 5530 (or another not in imap-types).
@@ -79,6 +82,7 @@ impl Handler {
             selected: None,
             waiting: None,
             fetch_job: None,
+            compressing: false,
         }
     }
 
@@ -118,6 +122,10 @@ impl Handler {
                 Capability::Move,
                 Capability::CondStore,
                 Capability::Binary,
+                Capability::Compress {
+                    algorithm:
+                        imap_codec::imap_types::extensions::compress::CompressionAlgorithm::Deflate,
+                },
                 Capability::Utf8(Utf8Kind::Accept),
                 other("SPECIAL-USE"),
                 other("CHILDREN"),
@@ -299,7 +307,20 @@ impl Handler {
                     Err(e) => Err(e),
                 }
             }
-            CommandBody::Compress { .. } => Err((No, None, "COMPRESS is not offered".into())),
+            CommandBody::Compress { .. } => {
+                // The only algorithm imap-codec parses is DEFLATE.
+                if self.compressing {
+                    Err((
+                        No,
+                        Some(Code::CompressionActive),
+                        "compression is already on".into(),
+                    ))
+                } else {
+                    self.compressing = true;
+                    s.send(&status(Some(&tag), Done, None, "DEFLATE active"));
+                    return Flow::Compress;
+                }
+            }
             body => self.mailbox_command(s, &tag, body, expunge_ok).await,
         };
         if s.state() == State::Selected {
