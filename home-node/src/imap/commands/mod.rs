@@ -4,6 +4,7 @@
 
 mod fetch;
 mod mailboxes;
+mod modify;
 mod search;
 mod selected;
 
@@ -42,6 +43,8 @@ pub struct Handler {
     utf8: bool,
     /// CONDSTORE enabled (RFC 7162 3.1): MODSEQ in FETCH responses.
     condstore: bool,
+    /// QRESYNC enabled (RFC 7162 3.2): VANISHED instead of EXPUNGE.
+    qresync: bool,
     selected: Option<Selected>,
     /// The tag of an AUTHENTICATE waiting for its data, or of IDLE.
     waiting: Option<Tag<'static>>,
@@ -79,6 +82,7 @@ impl Handler {
             tls,
             utf8: false,
             condstore: false,
+            qresync: false,
             selected: None,
             waiting: None,
             fetch_job: None,
@@ -121,6 +125,7 @@ impl Handler {
                 Capability::UidPlus,
                 Capability::Move,
                 Capability::CondStore,
+                Capability::QResync,
                 Capability::Binary,
                 Capability::Compress {
                     algorithm:
@@ -255,6 +260,14 @@ impl Handler {
                         }
                         CapabilityEnable::Utf8(Utf8Kind::Accept) => {
                             self.utf8 = true;
+                            enabled.push(c);
+                        }
+                        CapabilityEnable::Other(_)
+                            if c.to_string().eq_ignore_ascii_case("QRESYNC") =>
+                        {
+                            // RFC 7162 3.2.3: QRESYNC implies CONDSTORE.
+                            self.qresync = true;
+                            self.condstore = true;
                             enabled.push(c);
                         }
                         _ => {}

@@ -6,12 +6,12 @@ use super::mailboxes::{Fail, Reply};
 use super::{code, store_failure, Bad, Handler, No};
 use crate::imap::convert::{flags as fetch_flags, has_flag};
 use crate::imap::session::{Session, State};
-use crate::store::{FlagOp, MailboxInfo, MsgRow};
+use crate::store::{MailboxInfo, MsgRow};
 use imap_codec::imap_types::command::{CommandBody, SelectParameter, StoreModifier};
 use imap_codec::imap_types::core::{Tag, Vec1};
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
 use imap_codec::imap_types::fetch::MessageDataItem;
-use imap_codec::imap_types::flag::{Flag, FlagPerm, StoreResponse, StoreType};
+use imap_codec::imap_types::flag::{Flag, FlagPerm};
 use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Code, Data, Response};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -60,7 +60,7 @@ impl Selected {
         out
     }
 
-    fn index_of(&self, uid: u32) -> Option<usize> {
+    pub(super) fn index_of(&self, uid: u32) -> Option<usize> {
         self.msgs.binary_search_by_key(&uid, |m| m.uid).ok()
     }
 }
@@ -81,6 +81,31 @@ pub fn uid_set(uids: impl IntoIterator<Item = u32>) -> Option<UidSet> {
         }
     }
     Vec1::try_from(out).ok().map(UidSet)
+}
+
+/// A sequence set of these numbers (ascending runs joined).
+pub fn sequence_set(nums: impl IntoIterator<Item = u32>) -> Option<SequenceSet> {
+    let seqs: Vec<Sequence> = uid_set(nums)?
+        .0
+        .into_iter()
+        .map(|e| match e {
+            UidElement::Single(a) => Sequence::Single(SeqOrUid::Value(a)),
+            UidElement::Range(a, b) => Sequence::Range(SeqOrUid::Value(a), SeqOrUid::Value(b)),
+        })
+        .collect();
+    Vec1::try_from(seqs).ok().map(SequenceSet)
+}
+
+/// Whether `n` is in a sequence set whose `*` is `largest`.
+pub fn contains(set: &SequenceSet, n: u32, largest: u32) -> bool {
+    let v = |x: &SeqOrUid| match x {
+        SeqOrUid::Value(v) => v.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    set.0.as_ref().iter().any(|s| match s {
+        Sequence::Single(a) => v(a) == n,
+        Sequence::Range(a, b) => (v(a).min(v(b))..=v(a).max(v(b))).contains(&n),
+    })
 }
 
 const SYSTEM_FLAGS: [Flag<'static>; 5] = [
@@ -110,11 +135,22 @@ impl Handler {
         {
             self.condstore = true;
         }
-        if params
-            .iter()
-            .any(|p| matches!(p, SelectParameter::QResync { .. }))
-        {
-            return Err((Bad, None, "QRESYNC is not offered".into()));
+        let qresync = params.iter().find_map(|p| match p {
+            SelectParameter::QResync {
+                uid_validity,
+                mod_sequence_value,
+                known_uids,
+                ..
+            } => Some((
+                uid_validity.get(),
+                mod_sequence_value.get(),
+                known_uids.clone(),
+            )),
+            _ => None,
+        });
+        if qresync.is_some() && !self.qresync {
+            // RFC 7162 3.2.5: only after ENABLE QRESYNC.
+            return Err((Bad, None, "ENABLE QRESYNC first".into()));
         }
         let mb = self.existing(&name).await?;
         let msgs = self
@@ -159,6 +195,8 @@ impl Handler {
             Some(v) => ok(s, Code::HighestModSeq(v), "highest"),
             None => ok(s, Code::NoModSeq, "no mod-sequences"),
         }
+        let mailbox_id = mb.id;
+        let uidvalidity = mb.uidvalidity;
         self.selected = Some(Selected {
             mailbox: mb,
             read_only,
@@ -166,6 +204,11 @@ impl Handler {
             modseq,
         });
         s.set_state(State::Selected);
+        if let Some((validity, since, known)) = qresync {
+            if validity == uidvalidity {
+                self.resync(s, mailbox_id, since, known.as_ref()).await?;
+            }
+        }
         Ok(Some(if read_only {
             Code::ReadOnly
         } else {
@@ -176,8 +219,7 @@ impl Handler {
     /// Tells the client what changed in the selected folder since it last
     /// looked: EXPUNGE (when `expunge_ok`), FETCH FLAGS, EXISTS.
     pub(super) async fn sync(&mut self, s: &mut Session, expunge_ok: bool) {
-        let condstore = self.condstore;
-        let Some(sel) = self.selected.as_mut() else {
+        let Some(sel) = self.selected.as_ref() else {
             return;
         };
         let Ok(Some(mb)) = self.ctx.store.mailbox_by_id(sel.mailbox.id).await else {
@@ -194,18 +236,18 @@ impl Handler {
         else {
             return;
         };
-        let mut held_back = false;
-        for uid in gone {
-            let Some(i) = sel.index_of(uid) else { continue };
-            if !expunge_ok {
-                held_back = true;
-                continue;
-            }
-            sel.msgs.remove(i);
-            if let Some(n) = NonZeroU32::new(i as u32 + 1) {
-                s.send(&Response::Data(Data::Expunge(n)));
-            }
+        let gone: Vec<u32> = gone
+            .into_iter()
+            .filter(|u| sel.index_of(*u).is_some())
+            .collect();
+        let held_back = !gone.is_empty() && !expunge_ok;
+        if !held_back && !gone.is_empty() {
+            self.announce_expunged(s, &gone);
         }
+        let condstore = self.condstore;
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
         let before = sel.msgs.len();
         let last_uid = sel.msgs.last().map_or(0, |m| m.uid);
         for row in changed {
@@ -238,6 +280,53 @@ impl Handler {
         if !held_back {
             sel.modseq = mb.highestmodseq;
         }
+    }
+
+    /// RFC 7162 3.2.5.2: what vanished and what changed since `since`.
+    async fn resync(
+        &mut self,
+        s: &mut Session,
+        mailbox_id: i64,
+        since: u64,
+        known: Option<&SequenceSet>,
+    ) -> Result<(), Fail> {
+        let (changed, gone) = self
+            .ctx
+            .store
+            .changes_since(mailbox_id, since)
+            .await
+            .map_err(|e| store_failure(&e))?;
+        let gone: Vec<u32> = gone
+            .into_iter()
+            .filter(|u| known.is_none_or(|k| contains(k, *u, u32::MAX)))
+            .collect();
+        if let Some(known_uids) = sequence_set(gone) {
+            s.send(&Response::Data(Data::Vanished {
+                earlier: true,
+                known_uids,
+            }));
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        for row in changed {
+            let Some(i) = sel.index_of(row.uid) else {
+                continue;
+            };
+            let (Some(uid), Some(modseq)) = (NonZeroU32::new(row.uid), NonZeroU64::new(row.modseq))
+            else {
+                continue;
+            };
+            let items = vec![
+                MessageDataItem::Uid(uid),
+                MessageDataItem::Flags(fetch_flags(&row.flags)),
+                MessageDataItem::ModSeq(modseq),
+            ];
+            if let (Some(seq), Ok(items)) = (NonZeroU32::new(i as u32 + 1), Vec1::try_from(items)) {
+                s.send(&Response::Data(Data::Fetch { seq, items }));
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn selected_command(
@@ -306,7 +395,7 @@ impl Handler {
         }
     }
 
-    fn writable(&self) -> Result<&Selected, Fail> {
+    pub(super) fn writable(&self) -> Result<&Selected, Fail> {
         match &self.selected {
             Some(sel) if sel.read_only => Err((
                 No,
@@ -339,7 +428,20 @@ impl Handler {
 
     /// Sends EXPUNGE for messages this session removed (highest first would
     /// also do; ascending with renumbering is what RFC 3501 7.4.1 shows).
-    fn announce_expunged(&mut self, s: &mut Session, uids: &[u32]) {
+    pub(super) fn announce_expunged(&mut self, s: &mut Session, uids: &[u32]) {
+        if self.qresync {
+            // RFC 7162 3.2.10: VANISHED (by UID) instead of EXPUNGE.
+            if let Some(sel) = self.selected.as_mut() {
+                sel.msgs.retain(|m| !uids.contains(&m.uid));
+            }
+            if let Some(known_uids) = sequence_set(uids.iter().copied()) {
+                s.send(&Response::Data(Data::Vanished {
+                    earlier: false,
+                    known_uids,
+                }));
+            }
+            return;
+        }
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
@@ -351,175 +453,5 @@ impl Handler {
                 }
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn store(
-        &mut self,
-        s: &mut Session,
-        set: &SequenceSet,
-        kind: StoreType,
-        response: StoreResponse,
-        flags: &[String],
-        uid: bool,
-        unchanged_since: Option<u64>,
-    ) -> Reply {
-        let condstore = self.condstore || unchanged_since.is_some();
-        self.condstore = condstore;
-        let sel = self.writable()?;
-        let id = sel.mailbox.id;
-        let indexes = sel.resolve(set, uid);
-        let uids: Vec<u32> = indexes.iter().map(|&i| sel.msgs[i].uid).collect();
-        let flags: Vec<String> = flags
-            .iter()
-            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
-            .cloned()
-            .collect();
-        let op = match kind {
-            StoreType::Add => FlagOp::Add,
-            StoreType::Remove => FlagOp::Remove,
-            StoreType::Replace => FlagOp::Replace,
-        };
-        let update = self
-            .ctx
-            .store
-            .set_flags(id, &uids, op, &flags, unchanged_since)
-            .await
-            .map_err(|e| store_failure(&e))?;
-        let Some(sel) = self.selected.as_mut() else {
-            return Ok(None);
-        };
-        for row in &update.changed {
-            if let Some(i) = sel.index_of(row.uid) {
-                sel.msgs[i] = row.clone();
-            }
-        }
-        for &i in &indexes {
-            let m = &sel.msgs[i];
-            if update.modified.contains(&m.uid) {
-                continue;
-            }
-            let changed = update.changed.iter().any(|r| r.uid == m.uid);
-            // .SILENT still reports MODSEQ of changed messages (RFC 7162 3.1.3).
-            if response == StoreResponse::Silent && !(changed && unchanged_since.is_some()) {
-                continue;
-            }
-            let mut items = Vec::new();
-            if uid {
-                if let Some(u) = NonZeroU32::new(m.uid) {
-                    items.push(MessageDataItem::Uid(u));
-                }
-            }
-            if response == StoreResponse::Answer {
-                items.push(MessageDataItem::Flags(fetch_flags(&m.flags)));
-            }
-            if condstore {
-                if let Some(ms) = NonZeroU64::new(m.modseq) {
-                    items.push(MessageDataItem::ModSeq(ms));
-                }
-            }
-            if let (Some(n), Ok(items)) = (NonZeroU32::new(i as u32 + 1), Vec1::try_from(items)) {
-                s.send(&Response::Data(Data::Fetch { seq: n, items }));
-            }
-        }
-        if update.modified.is_empty() {
-            return Ok(None);
-        }
-        // RFC 7162 3.1.3: [MODIFIED set] names what was left alone.
-        let set: Vec<u32> = if uid {
-            update.modified.clone()
-        } else {
-            update
-                .modified
-                .iter()
-                .filter_map(|u| sel.index_of(*u))
-                .map(|i| i as u32 + 1)
-                .collect()
-        };
-        let set = uid_set(set).and_then(|u| {
-            let seqs: Vec<Sequence> =
-                u.0.into_iter()
-                    .map(|e| match e {
-                        UidElement::Single(a) => Sequence::Single(SeqOrUid::Value(a)),
-                        UidElement::Range(a, b) => {
-                            Sequence::Range(SeqOrUid::Value(a), SeqOrUid::Value(b))
-                        }
-                    })
-                    .collect();
-            Vec1::try_from(seqs).ok().map(SequenceSet)
-        });
-        Ok(set.map(Code::Modified))
-    }
-
-    async fn transfer(
-        &mut self,
-        s: &mut Session,
-        set: &SequenceSet,
-        mailbox: &Mailbox<'_>,
-        uid: bool,
-        moving: bool,
-    ) -> Reply {
-        let name = self.name(mailbox)?;
-        let target = match self.ctx.store.mailbox(&name).await {
-            Ok(Some(mb)) if !mb.noselect => mb,
-            Ok(_) => {
-                return Err((
-                    No,
-                    Some(Code::TryCreate),
-                    format!("no folder called {name:?}"),
-                ))
-            }
-            Err(e) => return Err(store_failure(&e)),
-        };
-        let sel = if moving {
-            self.writable()?
-        } else {
-            self.selected
-                .as_ref()
-                .ok_or_else(|| (Bad, None, "select a folder first".to_string()))?
-        };
-        let source = sel.mailbox.id;
-        let uids: Vec<u32> = sel
-            .resolve(set, uid)
-            .into_iter()
-            .map(|i| sel.msgs[i].uid)
-            .collect();
-        if uids.is_empty() {
-            return Ok(None);
-        }
-        let store = &self.ctx.store;
-        let pairs = if moving {
-            store.move_messages(source, &uids, target.id).await
-        } else {
-            store.copy(source, &uids, target.id).await
-        }
-        .map_err(|e| store_failure(&e))?;
-        let code = match (
-            NonZeroU32::new(target.uidvalidity),
-            uid_set(pairs.iter().map(|p| p.0)),
-            uid_set(pairs.iter().map(|p| p.1)),
-        ) {
-            (Some(uid_validity), Some(source), Some(destination)) => Some(Code::CopyUid {
-                uid_validity,
-                source,
-                destination,
-            }),
-            _ => None,
-        };
-        if moving {
-            // RFC 6851 4.3: COPYUID in an untagged OK before the EXPUNGEs.
-            if let Some(c) = code {
-                s.send(&crate::imap::session::status(
-                    None,
-                    super::Done,
-                    Some(c),
-                    "moved",
-                ));
-            }
-            let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-            self.announce_expunged(s, &moved);
-            return Ok(None);
-        }
-        Ok(code)
     }
 }
