@@ -347,6 +347,8 @@ def main():
     ok(m.expunge(), "EXPUNGE seen by the QRESYNC session")
     text = b"".join(raw_command(q, b"NOOP"))
     check(b"* VANISHED %d" % gone_uid in text, f"VANISHED instead of EXPUNGE {text!r}")
+    text = b"".join(raw_command(q, b"UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % hms))
+    check(b"* VANISHED (EARLIER)" in text and b"qresync-flag" in text, f"UID FETCH VANISHED {text!r}")
     q.logout()
     untagged(m, "EXISTS")
 

@@ -138,6 +138,40 @@ impl Handler {
         if uid && !items.contains(&MessageDataItemName::Uid) {
             items.insert(0, MessageDataItemName::Uid);
         }
+        let vanished = modifiers.contains(&FetchModifier::Vanished);
+        if vanished && !(uid && self.qresync && changed_since.is_some()) {
+            // RFC 7162 3.2.6: UID FETCH only, with CHANGEDSINCE, after ENABLE QRESYNC.
+            return Err((
+                super::Bad,
+                None,
+                "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC".into(),
+            ));
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return Err((super::Bad, None, "select a folder first".into()));
+        };
+        if let (true, Some(since)) = (vanished, changed_since) {
+            let largest = sel
+                .mailbox
+                .uidnext
+                .saturating_sub(1)
+                .max(sel.msgs.last().map_or(0, |m| m.uid));
+            let (_, gone) = self
+                .ctx
+                .store
+                .changes_since(sel.mailbox.id, since)
+                .await
+                .map_err(|e| super::store_failure(&e))?;
+            let gone = gone
+                .into_iter()
+                .filter(|u| super::selected::contains(set, *u, largest));
+            if let Some(known_uids) = super::selected::sequence_set(gone) {
+                s.send(&Response::Data(Data::Vanished {
+                    earlier: true,
+                    known_uids,
+                }));
+            }
+        }
         let Some(sel) = self.selected.as_ref() else {
             return Err((super::Bad, None, "select a folder first".into()));
         };
