@@ -94,7 +94,7 @@ pub fn header_fields(block: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
             .position(|&b| b == b':')
             .map(|p| field[..p].trim_ascii().to_ascii_lowercase());
         let Some(name) = name else { continue };
-        if names.iter().any(|n| *n == name) != not {
+        if names.contains(&name) != not {
             out.extend_from_slice(field);
         }
     }

@@ -15,6 +15,9 @@ use imap_codec::imap_types::response::{
     Code, CommandContinuationRequest, Greeting, Response, Status,
 };
 use imap_codec::imap_types::IntoStatic;
+
+/// The IMAP types the session speaks in (for drivers, tests and fuzzing).
+pub use imap_codec::imap_types;
 use imap_codec::{
     encode::Encoder, AuthenticateDataCodec, CommandCodec, GreetingCodec, IdleDoneCodec,
     ResponseCodec,
@@ -194,9 +197,9 @@ impl Session {
     }
 
     fn continuation(&mut self, text: &str) {
-        let req = CommandContinuationRequest::basic(None, text.to_string()).unwrap_or_else(|_| {
-            CommandContinuationRequest::Base64(std::borrow::Cow::Borrowed(b""))
-        });
+        let req = CommandContinuationRequest::basic(None, text.to_string()).unwrap_or(
+            CommandContinuationRequest::Base64(std::borrow::Cow::Borrowed(b"")),
+        );
         self.send(&Response::CommandContinuationRequest(req));
     }
 

@@ -86,6 +86,7 @@ fn literal(bytes: &[u8]) -> NString<'static> {
 }
 
 impl Handler {
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn fetch(
         &mut self,
         s: &mut Session,
