@@ -125,6 +125,15 @@ impl Handler {
         params: Vec<SelectParameter>,
         read_only: bool,
     ) -> Reply {
+        // RFC 7162 3.2.11: with QRESYNC, say where the old folder's updates end.
+        if self.selected.is_some() && self.qresync {
+            s.send(&crate::imap::session::status(
+                None,
+                super::Done,
+                Some(Code::Closed),
+                "previous folder closed",
+            ));
+        }
         // RFC 3501 6.3.1: a failed SELECT leaves no folder selected.
         self.selected = None;
         s.set_state(State::Authenticated);
@@ -350,9 +359,6 @@ impl Handler {
                     }
                 }
                 s.set_state(State::Authenticated);
-                if close && self.condstore {
-                    // RFC 7162 3.2.11 asks for [CLOSED] only with QRESYNC.
-                }
                 Ok(None)
             }
             CommandBody::Expunge => self.expunge(s, None).await,
