@@ -98,22 +98,34 @@ impl MailStore {
             .await?
             .ok_or_else(|| StoreError::NoMailbox("INBOX".to_string()))?
             .try_get(0)?;
-        let mut removed = 0;
-        for &uid in uids {
-            removed += sqlx::query("DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
-                .bind(id)
-                .bind(i64::from(uid))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
+        let present: Vec<u32> = {
+            let mut present = Vec::new();
+            for &uid in uids {
+                let row = sqlx::query("SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
+                    .bind(id)
+                    .bind(i64::from(uid))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if row.is_some() {
+                    present.push(uid);
+                }
+            }
+            present
+        };
+        let removed = present.len() as u64;
         if removed > 0 {
-            sqlx::query("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // The same expunge as IMAP's: one mod-sequence, and the UIDs kept
+            // for QRESYNC clients (VANISHED).
+            let modseq = super::messages::bump(&mut tx, id).await?;
+            for uid in present {
+                super::messages::remove(&mut tx, id, uid, modseq).await?;
+            }
         }
         tx.commit().await?;
+        if removed > 0 {
+            // IMAP sessions on INBOX (IDLE included) hear of it at once.
+            self.notify(id);
+        }
         Ok(removed)
     }
 
