@@ -26,6 +26,12 @@ impl MailView {
         self.ciphertext_to_apps
     }
 
+    /// A message an app hands in (APPEND), encrypted to the node's key for
+    /// the store like every delivery (RFC 3156 PGP/MIME, headers included).
+    pub fn seal(&self, message: &[u8]) -> Result<Vec<u8>, omb_shared::pgp::PgpError> {
+        omb_shared::pgp::encrypt_whole_message(&self.keys.openpgp, message)
+    }
+
     /// The message as apps get it. A stored message this node's key cannot
     /// decrypt (kept as it came) is handed over as stored.
     pub fn render(&self, stored: &[u8]) -> Vec<u8> {

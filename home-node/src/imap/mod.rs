@@ -1,14 +1,42 @@
-//! The IMAP server (RFC 9051, RFC 3501).
+//! The IMAP server (RFC 9051, RFC 3501 and the extensions apps use: IDLE,
+//! UIDPLUS, MOVE, CONDSTORE, LITERAL+, SASL-IR, SPECIAL-USE, BINARY, …).
+//!
+//! - `session`: the sans-I/O session machine (framing, parsing, states),
+//! - `commands`: runs commands against the store,
+//! - `mime`, `section`, `convert`: message structure, sections, wire values,
+//! - `server`: the tokio driver (listeners, TLS, timeouts).
+
+pub mod cache;
+pub mod commands;
+pub mod convert;
+pub mod mime;
+pub mod section;
+pub mod server;
+pub mod session;
 
 use crate::access::AccessContext;
 use crate::config::AccessConfig;
+use anyhow::Context;
 use tokio::task::JoinSet;
 
-/// Starts the configured IMAP listeners (`imap` with STARTTLS, `imaps`).
+/// Starts the configured IMAP listeners (`imap` with STARTTLS, `imaps`); they
+/// are bound when this returns.
 pub async fn spawn(
-    _ctx: &AccessContext,
-    _config: &AccessConfig,
-    _tasks: &mut JoinSet<()>,
+    ctx: &AccessContext,
+    config: &AccessConfig,
+    tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
+    let server = server::Server::new(ctx.clone());
+    if config.imap.is_some() || config.imaps.is_some() {
+        tasks.spawn(cache::fill(ctx.clone()));
+    }
+    for (addr, implicit_tls) in [(config.imap, false), (config.imaps, true)] {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for IMAP on {addr}"))?;
+        tracing::info!(%addr, implicit_tls, "IMAP listening");
+        tasks.spawn(server.clone().run(listener, implicit_tls));
+    }
     Ok(())
 }

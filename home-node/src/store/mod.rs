@@ -2,6 +2,12 @@
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
 pub mod pop3;
+pub mod mailbox;
+mod messages;
+mod meta;
+
+pub use mailbox::MailboxInfo;
+pub use messages::{FlagOp, FlagUpdate, MsgRow};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -26,6 +32,19 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no folder called {0:?}")]
     NoMailbox(String),
+    #[error("a folder called {0:?} exists already")]
+    MailboxExists(String),
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error("metadata key: {0}")]
+    Key(String),
+}
+
+/// Something changed in a folder (new, changed or removed messages); sent to
+/// every open session so IMAP IDLE and NOOP see it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub mailbox_id: i64,
 }
 
 /// The outcome of storing a delivery.
@@ -60,6 +79,8 @@ pub struct MessageInfo {
 #[derive(Clone)]
 pub struct MailStore {
     pool: SqlitePool,
+    meta_key: std::sync::Arc<meta::MetaKey>,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl MailStore {
@@ -80,7 +101,13 @@ impl MailStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let store = MailStore { pool };
+        let meta_key = std::sync::Arc::new(meta::MetaKey::load_or_create(data_dir)?);
+        let (changes, _) = tokio::sync::broadcast::channel(256);
+        let store = MailStore {
+            pool,
+            meta_key,
+            changes,
+        };
         store.create_default_mailboxes().await?;
         Ok(store)
     }
@@ -91,14 +118,40 @@ impl MailStore {
 
     async fn create_default_mailboxes(&self) -> Result<(), StoreError> {
         for (name, special) in DEFAULT_MAILBOXES {
-            sqlx::query("INSERT OR IGNORE INTO mailboxes (name, special_use, uidvalidity) VALUES (?1, ?2, ?3)")
+            let exists = sqlx::query("SELECT 1 FROM mailboxes WHERE name = ?1")
                 .bind(name)
-                .bind(special)
-                .bind(new_uidvalidity())
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
+            if exists.is_some() {
+                continue;
+            }
+            let mut tx = self.pool.begin().await?;
+            let uidvalidity = mailbox::next_uidvalidity(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO mailboxes (name, special_use, uidvalidity) VALUES (?1, ?2, ?3)",
+            )
+            .bind(name)
+            .bind(special)
+            .bind(uidvalidity)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT OR IGNORE INTO subscriptions (name) VALUES (?1)")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// Changes in any folder, as they are committed.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn notify(&self, mailbox_id: i64) {
+        // No receiver is fine: nobody is looking.
+        let _ = self.changes.send(Change { mailbox_id });
     }
 
     /// Stores a delivery in INBOX unless its id was stored before. `data` must
@@ -125,6 +178,7 @@ impl MailStore {
     pub async fn deliver_batch(&self, items: &[NewDelivery]) -> Result<Vec<Stored>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut out = Vec::with_capacity(items.len());
+        let mut inbox = None;
         for item in items {
             let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1")
                 .bind(&item.id)
@@ -150,8 +204,12 @@ impl MailStore {
                 .execute(&mut *tx)
                 .await?;
             out.push(Stored::New { uid: uid as u32 });
+            inbox = Some(mailbox_id);
         }
         tx.commit().await?;
+        if let Some(id) = inbox {
+            self.notify(id);
+        }
         Ok(out)
     }
 
@@ -210,16 +268,6 @@ impl MailStore {
                 .try_get(0)?,
         )
     }
-}
-
-/// A UIDVALIDITY (RFC 9051 section 2.3.1.1): seconds since the epoch, so a
-/// re-created folder never reuses an old value.
-fn new_uidvalidity() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(1)
-        .clamp(1, u32::MAX as i64)
 }
 
 #[cfg(test)]

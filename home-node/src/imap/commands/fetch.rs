@@ -1,0 +1,368 @@
+//! FETCH and UID FETCH (RFC 3501 6.4.5, RFC 3516 BINARY, RFC 7162 MODSEQ and
+//! CHANGEDSINCE). Metadata (ENVELOPE, BODYSTRUCTURE, size) comes from the
+//! store's cache; a message is decrypted only for its body, or once to fill
+//! the cache. A big FETCH runs in steps so the driver can write as it goes.
+
+use super::mailboxes::Reply;
+use super::{code, Flow, Handler, No};
+use crate::imap::convert::{body_structure, envelope, flags as fetch_flags, has_flag};
+use crate::imap::mime::Meta;
+use crate::imap::section;
+use crate::imap::session::{status, Session};
+use crate::store::FlagOp;
+use imap_codec::imap_types::command::FetchModifier;
+use imap_codec::imap_types::core::{Literal, NString, NString8, Tag, Vec1};
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::Literal8;
+use imap_codec::imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName,
+};
+use imap_codec::imap_types::response::{Data, Response};
+use imap_codec::imap_types::sequence::SequenceSet;
+use std::borrow::Cow;
+use std::num::{NonZeroU32, NonZeroU64};
+
+/// Messages handled per step, and output after which a step yields.
+const CHUNK: usize = 200;
+const OUTPUT_HIGH_WATER: usize = 512 * 1024;
+
+pub struct FetchJob {
+    tag: Tag<'static>,
+    /// UIDs still to answer for.
+    uids: Vec<u32>,
+    pos: usize,
+    items: Vec<MessageDataItemName<'static>>,
+    /// Messages whose \Seen was just set here: they get FLAGS too.
+    seen_now: Vec<u32>,
+    expunge_ok: bool,
+}
+
+fn needs_meta(item: &MessageDataItemName) -> bool {
+    !matches!(
+        item,
+        MessageDataItemName::Flags
+            | MessageDataItemName::Uid
+            | MessageDataItemName::InternalDate
+            | MessageDataItemName::ModSeq
+    )
+}
+
+fn needs_body(item: &MessageDataItemName) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Header
+            | MessageDataItemName::Rfc822Text
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }
+    )
+}
+
+fn sets_seen(item: &MessageDataItemName) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { peek: false, .. }
+            | MessageDataItemName::Binary { peek: false, .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+    )
+}
+
+/// A literal for message bytes (NUL, which literals can't carry, as a space).
+fn literal(bytes: &[u8]) -> NString<'static> {
+    match Literal::try_from(bytes.to_vec()) {
+        Ok(l) => NString::from(l),
+        Err(_) => {
+            let clean: Vec<u8> = bytes
+                .iter()
+                .map(|&b| if b == 0 { b' ' } else { b })
+                .collect();
+            Literal::try_from(clean)
+                .map(NString::from)
+                .unwrap_or(NString::NIL)
+        }
+    }
+}
+
+impl Handler {
+    pub(super) async fn fetch(
+        &mut self,
+        s: &mut Session,
+        tag: &Tag<'static>,
+        set: &SequenceSet,
+        names: MacroOrMessageDataItemNames<'static>,
+        uid: bool,
+        modifiers: &[FetchModifier],
+        expunge_ok: bool,
+    ) -> Result<Flow, super::mailboxes::Fail> {
+        let mut items = match names {
+            MacroOrMessageDataItemNames::Macro(m) => match m {
+                Macro::All => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                    MessageDataItemName::Envelope,
+                ],
+                Macro::Fast => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                ],
+                Macro::Full => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                    MessageDataItemName::Envelope,
+                    MessageDataItemName::Body,
+                ],
+                _ => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                    MessageDataItemName::Envelope,
+                ],
+            },
+            MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+        };
+        let changed_since = modifiers.iter().find_map(|m| match m {
+            FetchModifier::ChangedSince(v) => Some(v.get()),
+            FetchModifier::Vanished => None,
+        });
+        if changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        if items.contains(&MessageDataItemName::ModSeq) {
+            self.condstore = true;
+        }
+        if uid && !items.contains(&MessageDataItemName::Uid) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return Err((super::Bad, None, "select a folder first".into()));
+        };
+        let uids: Vec<u32> = sel
+            .resolve(set, uid)
+            .into_iter()
+            .map(|i| &sel.msgs[i])
+            .filter(|m| changed_since.is_none_or(|c| m.modseq > c))
+            .map(|m| m.uid)
+            .collect();
+        let mut seen_now = Vec::new();
+        if !sel.read_only && items.iter().any(sets_seen) {
+            let unseen: Vec<u32> = uids
+                .iter()
+                .filter_map(|u| sel.msgs.binary_search_by_key(u, |m| m.uid).ok())
+                .filter(|&i| !has_flag(&sel.msgs[i].flags, "\\Seen"))
+                .map(|i| sel.msgs[i].uid)
+                .collect();
+            if !unseen.is_empty() {
+                let id = sel.mailbox.id;
+                let update = self
+                    .ctx
+                    .store
+                    .set_flags(id, &unseen, FlagOp::Add, &["\\Seen".to_string()], None)
+                    .await
+                    .map_err(|e| super::store_failure(&e))?;
+                if let Some(sel) = self.selected.as_mut() {
+                    for row in update.changed {
+                        if let Ok(i) = sel.msgs.binary_search_by_key(&row.uid, |m| m.uid) {
+                            seen_now.push(row.uid);
+                            sel.msgs[i] = row;
+                        }
+                    }
+                }
+            }
+        }
+        self.fetch_job = Some(FetchJob {
+            tag: tag.clone(),
+            uids,
+            pos: 0,
+            items,
+            seen_now,
+            expunge_ok,
+        });
+        Ok(self.fetch_step(s).await)
+    }
+
+    /// Goes on with a FETCH that yielded.
+    pub async fn resume(&mut self, s: &mut Session) -> Flow {
+        self.fetch_step(s).await
+    }
+
+    async fn fetch_step(&mut self, s: &mut Session) -> Flow {
+        let Some(mut job) = self.fetch_job.take() else {
+            return Flow::Continue;
+        };
+        while job.pos < job.uids.len() {
+            let end = (job.pos + CHUNK).min(job.uids.len());
+            let chunk: Vec<u32> = job.uids[job.pos..end].to_vec();
+            job.pos = end;
+            if let Err(e) = self.fetch_chunk(s, &job, &chunk).await {
+                tracing::warn!(error = %e, "FETCH failed");
+                s.send(&status(
+                    Some(&job.tag),
+                    No,
+                    code("SERVERBUG"),
+                    "the mail store failed; try again",
+                ));
+                return Flow::Continue;
+            }
+            if s.output_len() > OUTPUT_HIGH_WATER && job.pos < job.uids.len() {
+                self.fetch_job = Some(job);
+                return Flow::More;
+            }
+        }
+        self.sync(s, job.expunge_ok).await;
+        s.send(&status(
+            Some(&job.tag),
+            super::Done,
+            None,
+            "FETCH completed",
+        ));
+        Flow::Continue
+    }
+
+    async fn fetch_chunk(
+        &mut self,
+        s: &mut Session,
+        job: &FetchJob,
+        uids: &[u32],
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let mailbox_id = sel.mailbox.id;
+        let ciphertext = self.ctx.view.ciphertext_to_apps();
+        let want_meta = job.items.iter().any(needs_meta);
+        let want_body = job.items.iter().any(needs_body);
+        let mut metas: Vec<Option<Meta>> = vec![None; uids.len()];
+        if want_meta {
+            for (uid, bytes) in self.ctx.store.metas(mailbox_id, uids).await? {
+                if let Ok(i) = uids.binary_search(&uid) {
+                    metas[i] = bytes.and_then(|b| Meta::from_bytes(&b, ciphertext));
+                }
+            }
+        }
+        for (i, &uid) in uids.iter().enumerate() {
+            let Some(sel) = self.selected.as_ref() else {
+                return Ok(());
+            };
+            let Ok(idx) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) else {
+                continue;
+            };
+            let row = sel.msgs[idx].clone();
+            let mut body: Option<Vec<u8>> = None;
+            if want_body || (want_meta && metas[i].is_none()) {
+                let Some(stored) = self.ctx.store.data(mailbox_id, uid).await? else {
+                    // Expunged by another session: RFC 2180 4.1.2 allows NO; we skip it.
+                    continue;
+                };
+                let view = self.ctx.view.clone();
+                let need_meta = want_meta && metas[i].is_none();
+                let done = tokio::task::spawn_blocking(move || {
+                    let rendered = view.render(&stored);
+                    let meta = need_meta.then(|| Meta::build(&rendered, ciphertext));
+                    (rendered, meta)
+                })
+                .await;
+                let Ok((rendered, meta)) = done else { continue };
+                if let Some(meta) = meta {
+                    self.ctx
+                        .store
+                        .set_meta(mailbox_id, uid, &meta.to_bytes())
+                        .await?;
+                    metas[i] = Some(meta);
+                }
+                body = Some(rendered);
+            }
+            let meta = metas[i].as_ref();
+            let mut out: Vec<MessageDataItem<'static>> = Vec::with_capacity(job.items.len() + 1);
+            for item in &job.items {
+                if let Some(v) = self.item(item, &row, meta, body.as_deref()) {
+                    out.push(v);
+                }
+            }
+            if job.seen_now.contains(&uid) && !job.items.contains(&MessageDataItemName::Flags) {
+                out.push(MessageDataItem::Flags(fetch_flags(&row.flags)));
+            }
+            if let (Some(seq), Ok(items)) = (NonZeroU32::new(idx as u32 + 1), Vec1::try_from(out)) {
+                s.send(&Response::Data(Data::Fetch { seq, items }));
+            }
+        }
+        Ok(())
+    }
+
+    fn item(
+        &self,
+        item: &MessageDataItemName<'static>,
+        row: &crate::store::MsgRow,
+        meta: Option<&Meta>,
+        body: Option<&[u8]>,
+    ) -> Option<MessageDataItem<'static>> {
+        use MessageDataItemName as N;
+        let raw = body.unwrap_or(b"");
+        let tree = meta.map(|m| &m.tree);
+        Some(match item {
+            N::Flags => MessageDataItem::Flags(fetch_flags(&row.flags)),
+            N::Uid => MessageDataItem::Uid(NonZeroU32::new(row.uid)?),
+            N::ModSeq => MessageDataItem::ModSeq(NonZeroU64::new(row.modseq)?),
+            N::InternalDate => {
+                let t = chrono::DateTime::from_timestamp(row.internaldate, 0)?;
+                MessageDataItem::InternalDate(DateTime::try_from(t.fixed_offset()).ok()?)
+            }
+            N::Rfc822Size => MessageDataItem::Rfc822Size(meta?.size),
+            N::Envelope => MessageDataItem::Envelope(envelope(&meta?.envelope)),
+            N::BodyStructure => MessageDataItem::BodyStructure(body_structure(tree?, true)),
+            N::Body => MessageDataItem::Body(body_structure(tree?, false)),
+            N::Rfc822 => MessageDataItem::Rfc822(literal(raw)),
+            N::Rfc822Header => MessageDataItem::Rfc822Header(literal(&section::section(
+                raw,
+                tree?,
+                Some(&imap_codec::imap_types::fetch::Section::Header(None)),
+            ))),
+            N::Rfc822Text => MessageDataItem::Rfc822Text(literal(&section::section(
+                raw,
+                tree?,
+                Some(&imap_codec::imap_types::fetch::Section::Text(None)),
+            ))),
+            N::BodyExt {
+                section: sec,
+                partial,
+                ..
+            } => {
+                let data = section::section(raw, tree?, sec.as_ref());
+                MessageDataItem::BodyExt {
+                    section: sec.clone(),
+                    origin: partial.map(|p| p.0),
+                    data: literal(section::partial(&data, *partial)),
+                }
+            }
+            N::Binary {
+                section: path,
+                partial,
+                ..
+            } => {
+                let data = section::binary(raw, tree?, path).unwrap_or(Cow::Borrowed(b""));
+                let data = section::partial(&data, *partial).to_vec();
+                MessageDataItem::Binary {
+                    section: path.clone(),
+                    value: NString8::Literal8(Literal8 {
+                        data: Cow::Owned(data),
+                        mode: imap_codec::imap_types::core::LiteralMode::Sync,
+                    }),
+                }
+            }
+            N::BinarySize { section: path } => {
+                let size = section::binary(raw, tree?, path).map_or(0, |d| d.len() as u32);
+                MessageDataItem::BinarySize {
+                    section: path.clone(),
+                    size,
+                }
+            }
+        })
+    }
+}
+
+#[allow(dead_code)]
+fn _reply_type(_: Reply) {}

@@ -1,0 +1,148 @@
+//! The per-message metadata cache (size, ENVELOPE, BODYSTRUCTURE, headers of the
+//! message as apps see it) is as private as the message, so it is encrypted at
+//! rest with a symmetric key kept in `DATA_DIR/meta.key` (mode 0600, made at
+//! first start): XChaCha20-Poly1305, a random 24-byte nonce per value.
+
+use super::{MailStore, StoreError};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use sqlx::Row;
+use std::path::Path;
+
+const FILE: &str = "meta.key";
+const NONCE: usize = 24;
+
+pub(crate) struct MetaKey(XChaCha20Poly1305);
+
+impl MetaKey {
+    pub(crate) fn load_or_create(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                omb_shared::pgp::write_private_file(&path, &key).map_err(|e| {
+                    StoreError::Key(format!("cannot write {}: {e}", path.display()))
+                })?;
+                key.to_vec()
+            }
+            Err(e) => {
+                return Err(StoreError::Key(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        if bytes.len() != 32 {
+            return Err(StoreError::Key(format!(
+                "{} must hold 32 bytes; delete it to have it made again (the cache is rebuilt)",
+                path.display()
+            )));
+        }
+        Ok(MetaKey(XChaCha20Poly1305::new(Key::from_slice(&bytes))))
+    }
+
+    fn seal(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let nonce: [u8; NONCE] = rand::random();
+        let mut out = nonce.to_vec();
+        out.extend(self.0.encrypt(XNonce::from_slice(&nonce), plain).ok()?);
+        Some(out)
+    }
+
+    /// None for a value that does not open (another key, damage): the cache
+    /// entry is then made again.
+    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE {
+            return None;
+        }
+        let (nonce, data) = sealed.split_at(NONCE);
+        self.0.decrypt(XNonce::from_slice(nonce), data).ok()
+    }
+}
+
+impl MailStore {
+    /// The cached metadata of the messages with these UIDs (None where there
+    /// is none yet), in UID order.
+    pub async fn metas(
+        &self,
+        mailbox_id: i64,
+        uids: &[u32],
+    ) -> Result<Vec<(u32, Option<Vec<u8>>)>, StoreError> {
+        let mut out = Vec::with_capacity(uids.len());
+        // Contiguous runs are read as ranges, so 1:* costs one query.
+        for run in runs(uids) {
+            let rows = sqlx::query(
+                "SELECT uid, meta FROM messages WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
+            )
+            .bind(mailbox_id)
+            .bind(i64::from(run.0))
+            .bind(i64::from(run.1))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                let uid = r.try_get::<i64, _>(0)? as u32;
+                if uids.binary_search(&uid).is_err() {
+                    continue;
+                }
+                let sealed: Option<Vec<u8>> = r.try_get(1)?;
+                out.push((uid, sealed.and_then(|s| self.meta_key.open(&s))));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Caches a message's metadata (encrypted).
+    pub async fn set_meta(&self, mailbox_id: i64, uid: u32, meta: &[u8]) -> Result<(), StoreError> {
+        let Some(sealed) = self.meta_key.seal(meta) else {
+            return Ok(());
+        };
+        sqlx::query("UPDATE messages SET meta = ?3 WHERE mailbox_id = ?1 AND uid = ?2")
+            .bind(mailbox_id)
+            .bind(i64::from(uid))
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) fn seal_meta(&self, meta: &[u8]) -> Option<Vec<u8>> {
+        self.meta_key.seal(meta)
+    }
+
+    /// Messages that have no cached metadata yet (at most `limit`).
+    pub async fn missing_metas(&self, limit: i64) -> Result<Vec<(i64, u32)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT mailbox_id, uid FROM messages WHERE meta IS NULL ORDER BY mailbox_id, uid DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u32)))
+            .collect()
+    }
+}
+
+/// Sorted UIDs as inclusive spans, small gaps (expunged UIDs) bridged so a
+/// mailbox is read in a few range queries.
+fn runs(uids: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &u in uids {
+        match out.last_mut() {
+            Some(last) if u <= last.1.saturating_add(256) => last.1 = u,
+            _ => out.push((u, u)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runs_bridge_small_gaps() {
+        assert_eq!(
+            super::runs(&[1, 2, 3, 7, 900, 901]),
+            vec![(1, 7), (900, 901)]
+        );
+    }
+}
