@@ -1,6 +1,7 @@
 //! neomutt (Debian), driven through tmux like a person at a terminal, opens
 //! alice's INBOX over IMAPS, trusting only the sandbox CA, shows a message
-//! delivered through the relay in its index, and shows its body when opened.
+//! delivered through the relay in its index, and shows its body when opened;
+//! saving it to Archive moves it there on the server, marked read.
 
 use omb_tests::apps::{python, test_message, RunningSandbox};
 use omb_tests::harness::{have_tool, token};
@@ -152,6 +153,8 @@ fn neomutt_shows_a_delivered_message_over_imaps() {
              set postponed = \"+Drafts\"\n\
              set imap_check_subscribed = no\n\
              set wait_key = no\n\
+             set confirmappend = no\n\
+             set delete = yes\n\
              set sort = date\n",
             pass = alice.password,
             ca = sandbox.ca().display(),
@@ -203,7 +206,7 @@ fn neomutt_shows_a_delivered_message_over_imaps() {
         "the dot-stuffed line is not shown as sent:\n{pager}"
     );
 
-    // Back in the index the message is read, and the server knows it.
+    // Back in the index the message is shown as read.
     tmux.keys(&["i"]);
     tmux.wait_for(
         "the message shown as read in the index",
@@ -215,30 +218,60 @@ fn neomutt_shows_a_delivered_message_over_imaps() {
                 .is_some_and(|l| !l.contains(" N "))
         },
     );
+
+    // Saved to Archive (`s`), then the mailbox synced (`$`): the index no
+    // longer lists it, and the server has it in Archive, read, not in INBOX.
+    tmux.keys(&["s"]);
+    tmux.wait_for(
+        "the save prompt",
+        Duration::from_secs(10),
+        neomutt_error,
+        |s| s.contains("Save to mailbox"),
+    );
+    tmux.keys(&["C-u", "=Archive", "Enter"]);
+    tmux.wait_for(
+        "the saved message marked deleted",
+        Duration::from_secs(30),
+        neomutt_error,
+        |s| s.contains("Del:1"),
+    );
+    tmux.keys(&["$"]);
+    tmux.wait_for(
+        "the saved message gone from the index",
+        Duration::from_secs(30),
+        neomutt_error,
+        |s| !s.contains(&subject) && !s.contains("Del:1"),
+    );
     tmux.keys(&["q"]);
-    let config = serde_json::json!({
-        "imaps": alice.imaps.to_string(), "sni": "alice.sandbox.test", "ca": sandbox.ca(),
-        "user": alice.address, "password": alice.password,
-    })
-    .to_string();
-    let start = Instant::now();
-    loop {
-        let list: serde_json::Value =
-            serde_json::from_str(&python("imap_ops.py", &[&config, "list", "INBOX"]))
-                .expect("JSON");
-        let seen = list.as_array().expect("list").iter().any(|m| {
-            m["message"].as_str().unwrap_or("").contains(&tok)
-                && m["flags"]
-                    .as_array()
-                    .is_some_and(|f| f.iter().any(|f| f == "\\Seen"))
+
+    let server = |folder: &str| -> Vec<serde_json::Value> {
+        let config = serde_json::json!({
+            "imaps": alice.imaps.to_string(), "sni": "alice.sandbox.test", "ca": sandbox.ca(),
+            "user": alice.address, "password": alice.password,
         });
-        if seen {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the message neomutt showed is not \\Seen on the server: {list}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let out = python("imap_ops.py", &[&config.to_string(), "list", folder]);
+        let list: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        list.as_array()
+            .expect("list")
+            .iter()
+            .filter(|m| m["message"].as_str().unwrap_or("").contains(&tok))
+            .cloned()
+            .collect()
+    };
+    assert!(
+        server("INBOX").is_empty(),
+        "the message saved to Archive is still in the server's INBOX"
+    );
+    let archived = server("Archive");
+    assert_eq!(
+        archived.len(),
+        1,
+        "the message saved to Archive is not there once: {archived:?}"
+    );
+    assert!(
+        archived[0]["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "\\Seen")),
+        "the message read in neomutt is not \\Seen on the server: {archived:?}"
+    );
 }
