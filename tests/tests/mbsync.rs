@@ -8,12 +8,22 @@ use omb_tests::apps::{
     assert_same_message, python, scripts_dir, test_message, NodeInfo, RunningSandbox,
 };
 use omb_tests::harness::{have_tool, token};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Headers mbsync itself adds to the messages it copies (its transaction id).
 const MBSYNC_HEADERS: &[&str] = &["X-TUID"];
+
+/// How mbsync reaches the node.
+enum Route {
+    /// At home: the node's IMAP port, STARTTLS.
+    Direct,
+    /// Away: the relay's `imaps` port, TLS with SNI `NAME.sandbox.test`
+    /// passed through to the node.
+    Relay(SocketAddr),
+}
 
 /// mbsync with a fresh HOME and its own configuration (mode 0600).
 struct Mbsync {
@@ -23,8 +33,8 @@ struct Mbsync {
 }
 
 impl Mbsync {
-    fn new(dir: &Path, node: &NodeInfo, ca: &Path) -> Self {
-        let home = dir.join("home");
+    fn new(home: &Path, node: &NodeInfo, ca: &Path, route: Route) -> Self {
+        let home = home.to_path_buf();
         let maildir = home.join("Mail");
         std::fs::create_dir_all(&maildir).expect("create Maildir root");
         let pass_file = home.join(".mail-password");
@@ -32,14 +42,18 @@ impl Mbsync {
         std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600))
             .expect("chmod password file");
         // isync 1.4 checks the certificate against the name in `Host` (DNS
-        // names only, never an IP literal), so `Host` is the node's name and a
-        // `Tunnel` reaches the IP literal, with no resolver involved. TLS
-        // (STARTTLS here) runs end to end between mbsync and the node.
+        // names only, never an IP literal), and sends it as SNI; so `Host` is
+        // the node's name and a `Tunnel` reaches the IP literal, with no
+        // resolver involved. TLS runs end to end between mbsync and the node.
+        let (addr, tls) = match route {
+            Route::Direct => (node.imap, "STARTTLS"),
+            Route::Relay(imaps) => (imaps, "IMAPS"),
+        };
         let tunnel = format!(
             "python3 {} {} {}",
             scripts_dir().join("tcp_pipe.py").display(),
-            node.imap.ip(),
-            node.imap.port()
+            addr.ip(),
+            addr.port()
         );
         let config = format!(
             "IMAPAccount {name}\n\
@@ -47,7 +61,7 @@ impl Mbsync {
              Tunnel \"{tunnel}\"\n\
              User {address}\n\
              PassCmd \"cat {pass}\"\n\
-             SSLType STARTTLS\n\
+             SSLType {tls}\n\
              CertificateFile {ca}\n\n\
              IMAPStore {name}-remote\n\
              Account {name}\n\n\
@@ -272,7 +286,7 @@ fn mbsync_syncs_both_ways() {
     let sandbox = RunningSandbox::start("mbsync", &["alice"]);
     let alice = sandbox.node("alice");
     let ca = sandbox.ca();
-    let mbsync = Mbsync::new(sandbox.path(), &alice, &ca);
+    let mbsync = Mbsync::new(&sandbox.path().join("home"), &alice, &ca, Route::Direct);
     let server = Server::new(&alice, &ca);
 
     // New mail delivered through the relay appears in the Maildir after a
@@ -391,6 +405,11 @@ fn mbsync_syncs_both_ways() {
     // Nothing left to do: another sync changes nothing, and both sides hold
     // the same messages in every folder.
     mbsync.sync();
+    assert_same_folders(&mbsync, &server);
+}
+
+/// Both sides hold the same messages in every folder.
+fn assert_same_folders(mbsync: &Mbsync, server: &Server) {
     for folder in ["INBOX", "Archive", "Drafts", "Sent", "Trash", "Junk"] {
         let local = mbsync.local(folder);
         let remote = server.list(folder);
@@ -400,4 +419,60 @@ fn mbsync_syncs_both_ways() {
             "{folder} differs between the Maildir and the server"
         );
     }
+}
+
+/// A laptop at home (STARTTLS to the node) and one away (IMAPS through the
+/// relay's SNI passthrough) sync the same mailbox: each gets the mail, and
+/// what one changes the other sees after its next sync.
+#[test]
+fn mbsync_at_home_and_away_through_the_relay() {
+    if !have_tool("mbsync") || !have_tool("swaks") || !have_tool("python3") {
+        return;
+    }
+    let sandbox = RunningSandbox::start("mbsync-away", &["alice"]);
+    let alice = sandbox.node("alice");
+    let ca = sandbox.ca();
+    let home = Mbsync::new(&sandbox.path().join("home"), &alice, &ca, Route::Direct);
+    let away = Mbsync::new(
+        &sandbox.path().join("away"),
+        &alice,
+        &ca,
+        Route::Relay(sandbox.relay_addr("imaps")),
+    );
+    let server = Server::new(&alice, &ca);
+    let toks: Vec<String> = (0..2).map(|_| token()).collect();
+    let sent: Vec<String> = toks
+        .iter()
+        .map(|t| sandbox.deliver("alice", &test_message(&alice.address, "both", t)))
+        .collect();
+
+    let transcript = away.sync();
+    assert!(
+        transcript.contains("Connection is now encrypted"),
+        "mbsync did not use TLS through the relay:\n{transcript}"
+    );
+    home.sync();
+    for (t, s) in toks.iter().zip(&sent) {
+        for (laptop, m) in [("away", &away), ("home", &home)] {
+            let msg = m.local_message("INBOX", t);
+            assert_same_message(&msg.text, s, MBSYNC_HEADERS, laptop);
+        }
+    }
+
+    // Away: read one, delete the other. At home, after syncing, the same.
+    away.set_flags(&away.local_message("INBOX", &toks[0]), "S");
+    let doomed = away.local_message("INBOX", &toks[1]);
+    away.set_flags(&doomed, "T");
+    away.sync();
+    home.sync();
+    assert!(
+        home.local_message("INBOX", &toks[0]).flags.contains('S'),
+        "read away, unread at home"
+    );
+    assert!(
+        home.find_local("INBOX", &toks[1]).is_none(),
+        "deleted away, still at home"
+    );
+    assert_same_folders(&home, &server);
+    assert_same_folders(&away, &server);
 }
