@@ -2,7 +2,9 @@
 //! on her node, both ways, over IMAP with STARTTLS, verifying the node's
 //! certificate against the sandbox CA: new mail delivered through the relay,
 //! flags, moves between folders, deletions and a new draft on either side show
-//! on the other. The server side is read and changed with Python's imaplib.
+//! on the other. A second laptop away from home syncs the same mailbox over
+//! IMAPS through the relay's SNI passthrough, and each sees the other's
+//! changes. The server side is read and changed with Python's imaplib.
 
 use omb_tests::apps::{
     assert_same_message, python, scripts_dir, test_message, NodeInfo, RunningSandbox,
