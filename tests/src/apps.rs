@@ -3,6 +3,7 @@
 //! its MX, the message exactly as swaks sent it, and the Python helpers.
 
 use crate::harness::{bin, wait_until, TestDir};
+use base64::Engine;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -147,7 +148,20 @@ impl RunningSandbox {
     pub fn deliver(&self, to: &str, message: &str) -> String {
         let before = self.inbox_len(to);
         let address = self.node(to).address;
-        let transcript = swaks_data(self.relay_addr("smtp"), &address, message);
+        // A command-line argument holds at most 128 KiB; swaks reads a
+        // `--data` that names a file from the file.
+        let file;
+        let data = if message.len() > 64 * 1024 {
+            file = self.path().join(format!(
+                "message-{}.eml",
+                hex::encode(rand::random::<[u8; 4]>())
+            ));
+            std::fs::write(&file, message).expect("write the message file");
+            file.to_str().expect("UTF-8 path")
+        } else {
+            message
+        };
+        let transcript = swaks_data(self.relay_addr("smtp"), &address, data);
         wait_until(
             Duration::from_secs(10),
             "the message in the node's store",
@@ -225,6 +239,33 @@ pub fn sent_data(transcript: &str) -> String {
         data.push('\n');
     }
     panic!("no message data in the swaks transcript:\n{transcript}");
+}
+
+/// A message of about `size` bytes: `text/plain` and a base64 attachment of
+/// random bytes, marked with `token`.
+pub fn big_message(to: &str, token: &str, size: usize) -> String {
+    let mut attachment = String::new();
+    let mut line = 0u64;
+    while attachment.len() < size {
+        // 57 random-looking bytes per 76-character base64 line.
+        let bytes: Vec<u8> = (0..57u64)
+            .map(|i| ((line * 57 + i).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        attachment.push_str(&base64::engine::general_purpose::STANDARD.encode(&bytes));
+        attachment.push('\n');
+        line += 1;
+    }
+    format!(
+        "From: Sender <sender@example.org>\nTo: {to}\nSubject: big {token}\n\
+         Message-ID: <{token}@example.org>\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b-{token}\"\n\n\
+         --b-{token}\nContent-Type: text/plain; charset=us-ascii\n\n\
+         The photos, {token}.\n\
+         --b-{token}\nContent-Type: application/octet-stream; name=\"photos.bin\"\n\
+         Content-Transfer-Encoding: base64\n\
+         Content-Disposition: attachment; filename=\"photos.bin\"\n\n\
+         {attachment}--b-{token}--\n"
+    )
 }
 
 /// A test message from `sender@example.org` to `to`, marked with `token` in

@@ -1,13 +1,13 @@
 //! mbsync (Debian's isync) keeps a local Maildir in step with alice's mailbox
 //! on her node, both ways, over IMAP with STARTTLS, verifying the node's
 //! certificate against the sandbox CA: new mail delivered through the relay,
-//! flags, moves between folders, deletions and a new draft on either side show
-//! on the other. A second laptop away from home syncs the same mailbox over
+//! a large message, flags, moves between folders, deletions, a new draft and
+//! a new folder on either side show on the other. A second laptop away from home syncs the same mailbox over
 //! IMAPS through the relay's SNI passthrough, and each sees the other's
 //! changes. The server side is read and changed with Python's imaplib.
 
 use omb_tests::apps::{
-    assert_same_message, python, scripts_dir, test_message, NodeInfo, RunningSandbox,
+    assert_same_message, big_message, python, scripts_dir, test_message, NodeInfo, RunningSandbox,
 };
 use omb_tests::harness::{have_tool, token};
 use std::net::SocketAddr;
@@ -299,6 +299,8 @@ fn mbsync_syncs_both_ways() {
         .enumerate()
         .map(|(i, t)| sandbox.deliver("alice", &test_message(&alice.address, &format!("m{i}"), t)))
         .collect();
+    let big_tok = token();
+    let big = sandbox.deliver("alice", &big_message(&alice.address, &big_tok, 400 * 1024));
     mbsync.sync();
     for (t, s) in toks.iter().zip(&sent) {
         let m = mbsync.local_message("INBOX", t);
@@ -309,6 +311,8 @@ fn mbsync_syncs_both_ways() {
             m.path
         );
     }
+    let m = mbsync.local_message("INBOX", &big_tok);
+    assert_same_message(&m.text, &big, MBSYNC_HEADERS, "a 400 KiB message");
     for folder in ["Sent", "Drafts", "Trash", "Junk", "Archive"] {
         assert!(
             mbsync.maildir.join(folder).join("cur").is_dir(),
@@ -336,6 +340,25 @@ fn mbsync_syncs_both_ways() {
         &draft,
     )
     .expect("write a draft");
+    // A folder made locally, with a message filed in it.
+    let note_tok = token();
+    let note = format!(
+        "From: Alice <{a}>\nTo: Alice <{a}>\nSubject: note {note_tok}\n\
+         Date: Mon, 02 Mar 2026 11:00:00 +0000\nMessage-ID: <{note_tok}@sandbox.test>\n\n\
+         Filed in a folder made on the laptop, {note_tok}.\n",
+        a = alice.address
+    );
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(mbsync.maildir.join("Projects").join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        mbsync
+            .maildir
+            .join("Projects/cur")
+            .join(format!("1772449200.{note_tok}.laptop:2,S")),
+        &note,
+    )
+    .expect("write a note");
     mbsync.sync();
 
     let flagged = server.message("INBOX", &toks[0]);
@@ -371,6 +394,18 @@ fn mbsync_syncs_both_ways() {
         drafted.flags.iter().any(|f| f == "\\Draft"),
         "the draft lost its \\Draft flag: {:?}",
         drafted.flags
+    );
+    let filed = server.message("Projects", &note_tok);
+    assert_same_message(
+        &filed.message,
+        &note,
+        MBSYNC_HEADERS,
+        "filed in a new folder",
+    );
+    assert!(
+        filed.flags.iter().any(|f| f == "\\Seen"),
+        "the note lost its \\Seen flag: {:?}",
+        filed.flags
     );
 
     // Server changes reach the Maildir: flags, a deletion, a move, new mail.
@@ -410,9 +445,20 @@ fn mbsync_syncs_both_ways() {
     assert_same_folders(&mbsync, &server);
 }
 
-/// Both sides hold the same messages in every folder.
+/// Both sides hold the same folders, and the same messages in each.
 fn assert_same_folders(mbsync: &Mbsync, server: &Server) {
-    for folder in ["INBOX", "Archive", "Drafts", "Sent", "Trash", "Junk"] {
+    let mut remote_folders: Vec<String> =
+        serde_json::from_value(server.run(&["folders"])).expect("folder list");
+    remote_folders.sort();
+    let mut local_folders: Vec<String> = std::fs::read_dir(&mbsync.maildir)
+        .expect("read the Maildir root")
+        .flatten()
+        .filter(|e| e.path().join("cur").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    local_folders.sort();
+    assert_eq!(local_folders, remote_folders, "the folders differ");
+    for folder in &remote_folders {
         let local = mbsync.local(folder);
         let remote = server.list(folder);
         assert_eq!(
