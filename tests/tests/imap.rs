@@ -33,10 +33,7 @@ fn client(mode: &str, config: &serde_json::Value) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "imap_client.py {mode} failed:\n{text}"
-    );
+    assert!(out.status.success(), "imap_client.py {mode} failed:\n{text}");
     text
 }
 
@@ -120,33 +117,18 @@ fn imaplib_against_the_sandbox_node() {
         .strip_prefix("EXISTS ")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("no EXISTS from IDLE: {exists:?}"));
-    eprintln!(
-        "IDLE saw the delivery {:.3} s after swaks returned",
-        at - sent_at
-    );
-    assert!(
-        at - sent_at < 1.0,
-        "IDLE reported the message {:.3} s late",
-        at - sent_at
-    );
+    eprintln!("IDLE saw the delivery {:.3} s after swaks returned", at - sent_at);
+    assert!(at - sent_at < 1.0, "IDLE reported the message {:.3} s late", at - sent_at);
     let body_line = lines.next().and_then(Result::ok).unwrap_or_default();
     let body = hex::decode(body_line.strip_prefix("BODY ").unwrap_or("")).expect("hex");
     let _ = Kill(idle);
     let expected = sent.replace('\n', "\r\n");
     let text = String::from_utf8_lossy(&body).into_owned();
-    let at = text
-        .find("From: Sender")
-        .unwrap_or_else(|| panic!("sent message not in BODY[]: {text}"));
-    assert_eq!(
-        &text[at..],
-        expected.as_str(),
-        "BODY[] differs from what was sent"
-    );
+    let at = text.find("From: Sender").unwrap_or_else(|| panic!("sent message not in BODY[]: {text}"));
+    assert_eq!(&text[at..], expected.as_str(), "BODY[] differs from what was sent");
     for line in text[..at].split("\r\n").filter(|l| !l.is_empty()) {
         assert!(
-            line.starts_with("Received:")
-                || line.starts_with("Authentication-Results:")
-                || line.starts_with([' ', '\t']),
+            line.starts_with("Received:") || line.starts_with("Authentication-Results:") || line.starts_with([' ', '\t']),
             "unexpected header added before the message: {line:?}"
         );
     }
@@ -161,9 +143,7 @@ fn ciphertext_to_apps_hands_out_pgp_mime_that_gnupg_decrypts() {
     node.kill9();
     let port = omb_tests::harness::free_port();
     let mut config = std::fs::read_to_string(&node.config).expect("node config");
-    config.push_str(&format!(
-        "\n[access]\nimap = \"127.0.0.1:{port}\"\nciphertext_to_apps = true\n"
-    ));
+    config.push_str(&format!("\n[access]\nimap = \"127.0.0.1:{port}\"\nciphertext_to_apps = true\n"));
     std::fs::write(&node.config, config).expect("write config");
     let password = "correct horse battery";
     let mut set = Command::new(omb_tests::harness::bin("omb-node"))
@@ -183,24 +163,14 @@ fn ciphertext_to_apps_hands_out_pgp_mime_that_gnupg_decrypts() {
     node.start();
     node.wait_tunnel_ups(2, Duration::from_secs(30));
     let tok = token();
-    swaks(
-        relay.smtp,
-        "alice@sandbox.test",
-        &format!("secret {tok}"),
-        &["--tls"],
-    );
-    wait_until(Duration::from_secs(10), "the message in the store", || {
-        !node.uids().is_empty()
-    });
+    swaks(relay.smtp, "alice@sandbox.test", &format!("secret {tok}"), &["--tls"]);
+    wait_until(Duration::from_secs(10), "the message in the store", || !node.uids().is_empty());
 
     let cfg = serde_json::json!({
         "imap": format!("127.0.0.1:{port}"), "ca": "", "user": "alice@sandbox.test", "password": password,
     });
     let out = client("body", &cfg);
-    let hex_body = out
-        .lines()
-        .find_map(|l| l.strip_prefix("BODY "))
-        .expect("BODY line");
+    let hex_body = out.lines().find_map(|l| l.strip_prefix("BODY ")).expect("BODY line");
     let body = hex::decode(hex_body).expect("hex");
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("multipart/encrypted"), "not PGP/MIME: {text}");
@@ -215,11 +185,7 @@ fn ciphertext_to_apps_hands_out_pgp_mime_that_gnupg_decrypts() {
         .arg(node.dir.join("openpgp-key.asc"))
         .output()
         .expect("gpg import");
-    assert!(
-        import.status.success(),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
     let start = text.find("-----BEGIN PGP MESSAGE-----").expect("armour");
     let end = text.find("-----END PGP MESSAGE-----").expect("armour end") + 25;
     let mut gpg = Command::new("gpg")
@@ -233,17 +199,9 @@ fn ciphertext_to_apps_hands_out_pgp_mime_that_gnupg_decrypts() {
         .expect("gpg --decrypt");
     {
         use std::io::Write;
-        gpg.stdin
-            .take()
-            .expect("stdin")
-            .write_all(text[start..end].as_bytes())
-            .expect("write");
+        gpg.stdin.take().expect("stdin").write_all(text[start..end].as_bytes()).expect("write");
     }
     let out = gpg.wait_with_output().expect("gpg");
-    assert!(
-        out.status.success(),
-        "gpg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "gpg: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&tok));
 }

@@ -36,22 +36,12 @@ async fn fill_missing(ctx: &AccessContext) {
         }
         let mut done = 0;
         for (mailbox_id, uid) in missing {
-            let Ok(Some(stored)) = ctx.store.data(mailbox_id, uid).await else {
-                continue;
-            };
+            let Ok(Some(stored)) = ctx.store.data(mailbox_id, uid).await else { continue };
             let view = ctx.view.clone();
-            let Ok(meta) =
-                tokio::task::spawn_blocking(move || Meta::build(&view.render(&stored), ciphertext))
-                    .await
-            else {
+            let Ok(meta) = tokio::task::spawn_blocking(move || Meta::build(&view.render(&stored), ciphertext)).await else {
                 continue;
             };
-            if ctx
-                .store
-                .set_meta(mailbox_id, uid, &meta.to_bytes())
-                .await
-                .is_ok()
-            {
+            if ctx.store.set_meta(mailbox_id, uid, &meta.to_bytes()).await.is_ok() {
                 done += 1;
             }
         }

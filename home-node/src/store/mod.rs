@@ -1,10 +1,10 @@
 //! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
+pub mod pop3;
 pub mod mailbox;
 mod messages;
 mod meta;
-pub mod pop3;
 
 pub use mailbox::MailboxInfo;
 pub use messages::{FlagOp, FlagUpdate, MsgRow};

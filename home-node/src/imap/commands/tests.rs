@@ -16,11 +16,7 @@ async fn fixture() -> Fixture {
     let config = NodeConfig {
         address: "alice@sandbox.test".into(),
         data_dir: dir.clone(),
-        relay: RelayLink {
-            tunnel: "127.0.0.1:1".into(),
-            pin: String::new(),
-            link_token: None,
-        },
+        relay: RelayLink { tunnel: "127.0.0.1:1".into(), pin: String::new(), link_token: None },
         access: AccessConfig::default(),
     };
     crate::access::login::set_password(&dir, "correct horse").unwrap();
@@ -49,16 +45,8 @@ async fn plaintext_login_is_refused_from_afar_but_not_from_loopback() {
     let mut h = Handler::new(f.ctx.clone(), far, false);
     let mut s = Session::new(Limits::default());
     let caps = format!("{:?}", h.capabilities(State::NotAuthenticated));
-    assert!(
-        caps.contains("LoginDisabled") && !caps.contains("Plain"),
-        "{caps}"
-    );
-    let out = run(
-        &mut h,
-        &mut s,
-        b"a LOGIN alice \"correct horse\"\r\nb AUTHENTICATE PLAIN AGFsaWNlAGNvcnJlY3QgaG9yc2U=\r\n",
-    )
-    .await;
+    assert!(caps.contains("LoginDisabled") && !caps.contains("Plain"), "{caps}");
+    let out = run(&mut h, &mut s, b"a LOGIN alice \"correct horse\"\r\nb AUTHENTICATE PLAIN AGFsaWNlAGNvcnJlY3QgaG9yc2U=\r\n").await;
     assert!(out.contains("a NO [PRIVACYREQUIRED]"), "{out}");
     assert!(out.contains("b NO [PRIVACYREQUIRED]"), "{out}");
 
@@ -76,12 +64,7 @@ async fn append_select_fetch_store_search_expunge() {
     let mut h = Handler::new(f.ctx.clone(), [127, 0, 0, 1].into(), true);
     let mut s = Session::new(Limits::default());
     let msg = b"Subject: hello\r\nFrom: a@b.c\r\n\r\nbody text\r\n";
-    let out = run(
-        &mut h,
-        &mut s,
-        b"a LOGIN alice@sandbox.test \"correct horse\"\r\n",
-    )
-    .await;
+    let out = run(&mut h, &mut s, b"a LOGIN alice@sandbox.test \"correct horse\"\r\n").await;
     assert!(out.contains("a OK"), "{out}");
     let append = format!("b APPEND INBOX (\\Seen) {{{}+}}\r\n", msg.len());
     let mut input = append.into_bytes();
@@ -90,16 +73,8 @@ async fn append_select_fetch_store_search_expunge() {
     let out = run(&mut h, &mut s, &input).await;
     assert!(out.contains("b OK [APPENDUID "), "{out}");
     let out = run(&mut h, &mut s, b"c SELECT INBOX\r\n").await;
-    assert!(
-        out.contains("* 1 EXISTS") && out.contains("c OK [READ-WRITE]"),
-        "{out}"
-    );
-    let out = run(
-        &mut h,
-        &mut s,
-        b"d FETCH 1 (FLAGS RFC822.SIZE ENVELOPE BODY.PEEK[])\r\n",
-    )
-    .await;
+    assert!(out.contains("* 1 EXISTS") && out.contains("c OK [READ-WRITE]"), "{out}");
+    let out = run(&mut h, &mut s, b"d FETCH 1 (FLAGS RFC822.SIZE ENVELOPE BODY.PEEK[])\r\n").await;
     assert!(out.contains(&format!("RFC822.SIZE {}", msg.len())), "{out}");
     assert!(out.contains("\"hello\""), "{out}");
     assert!(out.contains("body text"), "{out}");
