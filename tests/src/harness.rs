@@ -447,7 +447,8 @@ impl Drop for Node {
 }
 
 /// Sends one message with swaks; returns its transcript. Panics unless the
-/// exit status is success.
+/// exit status is success. An empty `body` is left out (swaks would ask for
+/// one on its standard input, forever), for messages given with `--data`.
 pub fn swaks(server: SocketAddr, to: &str, body: &str, extra: &[&str]) -> String {
     swaks_wrapped(&[], server, to, body, extra)
 }
@@ -478,9 +479,12 @@ pub fn swaks_wrapped(
             "sender@example.org",
             "--helo",
             "client.example.org",
-            "--body",
-            body,
         ])
+        .args(if body.is_empty() {
+            vec![]
+        } else {
+            vec!["--body", body]
+        })
         .args(extra)
         .stdin(Stdio::null())
         .output()
