@@ -6,8 +6,18 @@ ALTER TABLE mailboxes ADD COLUMN noselect INTEGER NOT NULL DEFAULT 0;
 
 -- What apps get to know about a message without decrypting it again: size,
 -- ENVELOPE, BODYSTRUCTURE, header block. Encrypted with the node's metadata key
--- (XChaCha20-Poly1305, DATA_DIR/meta.key); NULL until first needed.
-ALTER TABLE messages ADD COLUMN meta BLOB;
+-- (XChaCha20-Poly1305, DATA_DIR/meta.key); made when first needed. A table of
+-- its own: in `messages` it would sit behind the body, and SQLite would walk
+-- the body's overflow pages to read it. Follows its message on MOVE (UPDATE
+-- CASCADE) and goes with it (DELETE CASCADE).
+CREATE TABLE message_meta (
+    mailbox_id INTEGER NOT NULL,
+    uid        INTEGER NOT NULL,
+    meta       BLOB NOT NULL,
+    PRIMARY KEY (mailbox_id, uid),
+    FOREIGN KEY (mailbox_id, uid) REFERENCES messages (mailbox_id, uid)
+        ON DELETE CASCADE ON UPDATE CASCADE
+) WITHOUT ROWID;
 
 CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
 

@@ -181,8 +181,13 @@ pub fn decrypt_message(key: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> 
 pub fn decrypt_bytes(key: &Cert, ciphertext: &[u8]) -> Result<Vec<u8>, PgpError> {
     let p = StandardPolicy::new();
     let helper = Helper { key, policy: &p };
-    let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)?.with_policy(&p, None, helper)?;
-    let mut out = Vec::new();
+    // No signature is checked here, so there is no need to hold the plaintext
+    // back: sequoia's default buffer (25 MiB) would make every decryption a
+    // huge allocation that the allocator keeps around afterwards.
+    let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)?
+        .buffer_size(64 * 1024)
+        .with_policy(&p, None, helper)?;
+    let mut out = Vec::with_capacity(ciphertext.len());
     std::io::copy(&mut decryptor, &mut out)?;
     Ok(out)
 }

@@ -79,9 +79,7 @@ impl Login {
         let user_ok = self.is_user(user);
         let password = password.to_string();
         // Verify even for a wrong user name, so timing does not tell them apart.
-        let password_ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
-            .await
-            .unwrap_or(false);
+        let password_ok = verify_on_login_thread(hash, password).await;
         if user_ok && password_ok {
             return Ok(());
         }
@@ -107,6 +105,81 @@ impl Login {
     }
 }
 
+type Check = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+/// Argon2id takes 19 MiB per check. On tokio's blocking pool every thread
+/// that ever checked a password would keep that much (the allocator holds on
+/// to it), so checks run one at a time on one thread of their own.
+async fn verify_on_login_thread(hash: String, password: String) -> bool {
+    static CHECKS: std::sync::OnceLock<Option<Mutex<std::sync::mpsc::Sender<Check>>>> =
+        std::sync::OnceLock::new();
+    let sender = CHECKS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Check>();
+        std::thread::Builder::new()
+            .name("omb-login".into())
+            .spawn(move || {
+                // The 19 MiB of work memory is allocated once and reused.
+                let mut memory = Vec::new();
+                while let Ok((hash, password, reply)) = rx.recv() {
+                    let _ = reply.send(verify_with(&hash, &password, &mut memory));
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let Some(sender) = sender else {
+        return false;
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let sent = sender
+        .lock()
+        .map(|tx| tx.send((hash, password, reply)).is_ok())
+        .unwrap_or(false);
+    sent && answer.await.unwrap_or(false)
+}
+
+/// Like [`verify`], with Argon2's work memory supplied by the caller.
+fn verify_with(hash: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(parsed.algorithm),
+        argon2::Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    // Constant time: every byte is compared.
+    out.iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
 fn verify(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| {
@@ -142,6 +215,16 @@ pub fn set_password(data_dir: &Path, password: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reused_memory_checks_like_the_library() {
+        let hash = hash_password("correct horse").unwrap();
+        let mut memory = Vec::new();
+        assert!(verify_with(&hash, "correct horse", &mut memory));
+        assert!(!verify_with(&hash, "correct hors", &mut memory));
+        assert!(verify_with(&hash, "correct horse", &mut memory));
+        assert!(verify(&hash, "correct horse"));
+    }
 
     #[tokio::test]
     async fn right_password_logs_in_and_repeated_failures_are_refused() {

@@ -11,6 +11,9 @@ use std::sync::Arc;
 pub struct MailView {
     keys: Arc<Keys>,
     ciphertext_to_apps: bool,
+    /// OpenPGP work runs on a few threads of its own, one per core: more only
+    /// adds threads and memory (each thread's allocator arena), not speed.
+    crypto: Arc<CryptoPool>,
 }
 
 impl MailView {
@@ -18,7 +21,22 @@ impl MailView {
         MailView {
             keys,
             ciphertext_to_apps,
+            crypto: Arc::new(CryptoPool::new()),
         }
+    }
+
+    /// Runs OpenPGP work (render, seal) on the crypto threads; None if they
+    /// are gone or the job panicked.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.crypto.jobs.lock().ok()?.send(job).ok()?;
+        rx.await.ok()
     }
 
     /// True when apps get the ciphertext.
@@ -44,6 +62,45 @@ impl MailView {
                 tracing::warn!(error = %e, "a stored message does not decrypt; handing it over as stored");
                 stored.to_vec()
             }
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for CPU-bound OpenPGP work.
+struct CryptoPool {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl CryptoPool {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("omb-crypto-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        // A panicking job only loses its own answer.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a crypto thread");
+            }
+        }
+        CryptoPool {
+            jobs: std::sync::Mutex::new(tx),
         }
     }
 }

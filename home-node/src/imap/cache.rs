@@ -40,9 +40,10 @@ async fn fill_missing(ctx: &AccessContext) {
                 continue;
             };
             let view = ctx.view.clone();
-            let Ok(meta) =
-                tokio::task::spawn_blocking(move || Meta::build(&view.render(&stored), ciphertext))
-                    .await
+            let Some(meta) = ctx
+                .view
+                .blocking(move || Meta::build(&view.render(&stored), ciphertext))
+                .await
             else {
                 continue;
             };

@@ -101,17 +101,23 @@ async fn next_uid(
 }
 
 impl MailStore {
-    /// Every message of a folder, by UID.
+    /// Every message of a folder, by UID. Rows are taken one by one (a big
+    /// folder's rows never sit in memory twice).
     pub async fn snapshot(&self, mailbox_id: i64) -> Result<Vec<MsgRow>, StoreError> {
-        let rows = sqlx::query(concat!(
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
             " FROM messages WHERE mailbox_id = ?1 ORDER BY uid"
         ))
         .bind(mailbox_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row).collect()
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            out.push(row(&r)?);
+        }
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// What changed in a folder after `modseq`: new or changed messages, and
@@ -170,7 +176,7 @@ impl MailStore {
         let mut tx = self.pool.begin().await?;
         let (uid, uidvalidity) = next_uid(&mut tx, mailbox_id).await?;
         let modseq = bump(&mut tx, mailbox_id).await?;
-        sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+        sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .bind(mailbox_id)
             .bind(i64::from(uid))
             .bind(internaldate)
@@ -178,9 +184,16 @@ impl MailStore {
             .bind(flags)
             .bind(modseq)
             .bind(data)
-            .bind(sealed)
             .execute(&mut *tx)
             .await?;
+        if let Some(sealed) = sealed {
+            sqlx::query("INSERT INTO message_meta (mailbox_id, uid, meta) VALUES (?1, ?2, ?3)")
+                .bind(mailbox_id)
+                .bind(i64::from(uid))
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         self.notify(mailbox_id);
         Ok((uid, uidvalidity))
@@ -345,12 +358,19 @@ impl MailStore {
                 .execute(&mut *tx)
                 .await?;
             } else {
-                sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data, meta) SELECT ?3, ?4, internaldate, size, flags, ?5, data, meta FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
+                sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data) SELECT ?3, ?4, internaldate, size, flags, ?5, data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
                     .bind(from)
                     .bind(i64::from(uid))
                     .bind(to)
                     .bind(i64::from(new_uid))
                     .bind(dst_modseq)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO message_meta (mailbox_id, uid, meta) SELECT ?3, ?4, meta FROM message_meta WHERE mailbox_id = ?1 AND uid = ?2")
+                    .bind(from)
+                    .bind(i64::from(uid))
+                    .bind(to)
+                    .bind(i64::from(new_uid))
                     .execute(&mut *tx)
                     .await?;
             }

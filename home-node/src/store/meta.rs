@@ -72,7 +72,7 @@ impl MailStore {
         // Contiguous runs are read as ranges, so 1:* costs one query.
         for run in runs(uids) {
             let rows = sqlx::query(
-                "SELECT uid, meta FROM messages WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
+                "SELECT uid, meta FROM message_meta WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
             )
             .bind(mailbox_id)
             .bind(i64::from(run.0))
@@ -84,8 +84,8 @@ impl MailStore {
                 if uids.binary_search(&uid).is_err() {
                     continue;
                 }
-                let sealed: Option<Vec<u8>> = r.try_get(1)?;
-                out.push((uid, sealed.and_then(|s| self.meta_key.open(&s))));
+                let sealed: Vec<u8> = r.try_get(1)?;
+                out.push((uid, self.meta_key.open(&sealed)));
             }
         }
         Ok(out)
@@ -96,7 +96,8 @@ impl MailStore {
         let Some(sealed) = self.meta_key.seal(meta) else {
             return Ok(());
         };
-        sqlx::query("UPDATE messages SET meta = ?3 WHERE mailbox_id = ?1 AND uid = ?2")
+        // Only while the message exists (it may have been expunged meanwhile).
+        sqlx::query("INSERT OR REPLACE INTO message_meta (mailbox_id, uid, meta) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2)")
             .bind(mailbox_id)
             .bind(i64::from(uid))
             .bind(sealed)
@@ -112,7 +113,7 @@ impl MailStore {
     /// Messages that have no cached metadata yet (at most `limit`).
     pub async fn missing_metas(&self, limit: i64) -> Result<Vec<(i64, u32)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT mailbox_id, uid FROM messages WHERE meta IS NULL ORDER BY mailbox_id, uid DESC LIMIT ?1",
+            "SELECT m.mailbox_id, m.uid FROM messages m WHERE NOT EXISTS (SELECT 1 FROM message_meta x WHERE x.mailbox_id = m.mailbox_id AND x.uid = m.uid) ORDER BY m.mailbox_id, m.uid DESC LIMIT ?1",
         )
         .bind(limit)
         .fetch_all(&self.pool)

@@ -59,6 +59,24 @@ fn needs_body(item: &MessageDataItemName) -> bool {
     )
 }
 
+/// Items the cached header block answers, with no decryption (what mail apps
+/// fetch for a message list).
+fn header_only(item: &MessageDataItemName) -> bool {
+    use imap_codec::imap_types::fetch::Section;
+    matches!(
+        item,
+        MessageDataItemName::Rfc822Header
+            | MessageDataItemName::BodyExt {
+                section: Some(
+                    Section::Header(None)
+                        | Section::HeaderFields(None, _)
+                        | Section::HeaderFieldsNot(None, _)
+                ),
+                ..
+            }
+    )
+}
+
 fn sets_seen(item: &MessageDataItemName) -> bool {
     matches!(
         item,
@@ -270,7 +288,7 @@ impl Handler {
         let mailbox_id = sel.mailbox.id;
         let ciphertext = self.ctx.view.ciphertext_to_apps();
         let want_meta = job.items.iter().any(needs_meta);
-        let want_body = job.items.iter().any(needs_body);
+        let want_body = job.items.iter().any(|i| needs_body(i) && !header_only(i));
         let mut metas: Vec<Option<Meta>> = vec![None; uids.len()];
         if want_meta {
             for (uid, bytes) in self.ctx.store.metas(mailbox_id, uids).await? {
@@ -295,13 +313,18 @@ impl Handler {
                 };
                 let view = self.ctx.view.clone();
                 let need_meta = want_meta && metas[i].is_none();
-                let done = tokio::task::spawn_blocking(move || {
-                    let rendered = view.render(&stored);
-                    let meta = need_meta.then(|| Meta::build(&rendered, ciphertext));
-                    (rendered, meta)
-                })
-                .await;
-                let Ok((rendered, meta)) = done else { continue };
+                let done = self
+                    .ctx
+                    .view
+                    .blocking(move || {
+                        let rendered = view.render(&stored);
+                        let meta = need_meta.then(|| Meta::build(&rendered, ciphertext));
+                        (rendered, meta)
+                    })
+                    .await;
+                let Some((rendered, meta)) = done else {
+                    continue;
+                };
                 if let Some(meta) = meta {
                     self.ctx
                         .store
@@ -336,7 +359,8 @@ impl Handler {
         body: Option<&[u8]>,
     ) -> Option<MessageDataItem<'static>> {
         use MessageDataItemName as N;
-        let raw = body.unwrap_or(b"");
+        // Without the body, header-only items read the cached header block.
+        let raw = body.or(meta.map(|m| m.header.as_slice())).unwrap_or(b"");
         let tree = meta.map(|m| &m.tree);
         Some(match item {
             N::Flags => MessageDataItem::Flags(fetch_flags(&row.flags)),

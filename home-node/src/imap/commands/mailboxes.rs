@@ -323,19 +323,21 @@ impl Handler {
         }
         let view = self.ctx.view.clone();
         let size = data.len() as i64;
-        let sealed = tokio::task::spawn_blocking(move || {
-            let sealed = view.seal(&data).ok()?;
-            let ciphertext = view.ciphertext_to_apps();
-            let meta = if ciphertext {
-                Meta::build(&sealed, true)
-            } else {
-                Meta::build(&data, false)
-            };
-            Some((sealed, meta.to_bytes()))
-        })
-        .await
-        .ok()
-        .flatten();
+        let sealed = self
+            .ctx
+            .view
+            .blocking(move || {
+                let sealed = view.seal(&data).ok()?;
+                let ciphertext = view.ciphertext_to_apps();
+                let meta = if ciphertext {
+                    Meta::build(&sealed, true)
+                } else {
+                    Meta::build(&data, false)
+                };
+                Some((sealed, meta.to_bytes()))
+            })
+            .await
+            .flatten();
         let Some((sealed, meta)) = sealed else {
             return Err((
                 No,

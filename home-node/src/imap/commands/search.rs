@@ -276,12 +276,15 @@ impl Handler {
                     };
                     let view = self.ctx.view.clone();
                     let need_meta = metas[i].is_none();
-                    let Ok((rendered, meta)) = tokio::task::spawn_blocking(move || {
-                        let r = view.render(&stored);
-                        let m = need_meta.then(|| Meta::build(&r, ciphertext));
-                        (r, m)
-                    })
-                    .await
+                    let Some((rendered, meta)) = self
+                        .ctx
+                        .view
+                        .blocking(move || {
+                            let r = view.render(&stored);
+                            let m = need_meta.then(|| Meta::build(&r, ciphertext));
+                            (r, m)
+                        })
+                        .await
                     else {
                         return Err((No, code("SERVERBUG"), "search failed".into()));
                     };
