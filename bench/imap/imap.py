@@ -195,6 +195,9 @@ def main():
                     help="random-fetch phases, in order: peek (BODY.PEEK[]), body (BODY[], which sets \\Seen)")
     ap.add_argument("--systems", default="dovecot,omb", help="dovecot, omb, or both (comma-separated)")
     ap.add_argument("--smtp-sessions", type=int, default=8, help="parallel SMTP sessions filling the node")
+    ap.add_argument("--fill-count", choices=("imap", "db"), default="imap",
+                    help="how the fill is seen complete: IMAP STATUS once a second on one session, or the "
+                    "node's mail.db read-only (no IMAP traffic during the fill)")
     ap.add_argument("--fill-stall", type=float, default=120.0,
                     help="give up filling the node when no message arrives for this many seconds")
     ap.add_argument("--omb-memory", action=argparse.BooleanOptionalAction, default=True,

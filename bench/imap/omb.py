@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 
+from imapclient import ImapError
 from measure import Server, measure
 from procs import MemSampler, MiB, free_port, log, now, proc_cpu, proc_mem, reset_peak, stop_proc, wait_port
 
@@ -74,7 +75,7 @@ class Omb:
         self.args = args
         self.dir = d = os.path.join(run_dir, "omb")
         os.makedirs(d)
-        self.relay = self.node = None
+        self.relay = self.node = self.poller = None
         self.env = dict(os.environ, OMB_LOG=args.omb_log, RUST_LIB_BACKTRACE="0")
 
         # 1. The sandbox links and keys alice once; then it is stopped.
@@ -161,13 +162,19 @@ class Omb:
         self.start_node()
 
     def count(self):
-        """Messages in alice's INBOX: IMAP STATUS, or (no IMAP yet) the node's store read-only."""
-        if self.imap:
-            c = self.server().connect()
+        """Messages in alice's INBOX: IMAP STATUS, or (no IMAP yet, or --fill-count db)
+        the node's store, read-only."""
+        if self.imap and self.args.fill_count == "imap":
+            # One session, logged in once, as a mail app polling would: a login per
+            # poll would cost the node a password hash each time.
+            if self.poller is None:
+                self.poller = self.server().connect()
             try:
-                return c.status_messages("INBOX")
-            finally:
-                c.logout()
+                return self.poller.status_messages("INBOX")
+            except (ImapError, OSError):
+                self.poller.close()
+                self.poller = None
+                raise
         db = sqlite3.connect(f"file:{os.path.join(self.data_dir, 'mail.db')}?mode=ro", uri=True)
         try:
             db.execute("PRAGMA busy_timeout=2000")
@@ -177,6 +184,11 @@ class Omb:
             return 0
         finally:
             db.close()
+
+    def end_polling(self):
+        if self.poller is not None:
+            self.poller.logout()
+            self.poller = None
 
     def pids(self):
         return [self.node.pid] if self.node and self.node.poll() is None else []
@@ -251,8 +263,9 @@ def bench_omb(run_dir, msgs, mids, args):
                 if now() - last_change > args.fill_stall:
                     raise RuntimeError(f"omb: the node has {c} of {n} messages and none came in "
                                        f"{args.fill_stall:.0f} s; see {om.dir}/relay.log, node.log")
-                time.sleep(0.5)
+                time.sleep(1.0)
             stored = now() - t
+            om.end_polling()
         out["fill"] = {"smtp_s": sent, "stored_s": stored, "per_s": n / stored,
                        "rss_max": fill_mem.max_rss, "peak": proc_mem(om.node.pid)[1]}
         if last != n:
