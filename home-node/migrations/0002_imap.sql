@@ -20,6 +20,9 @@ CREATE TABLE message_meta (
 ) WITHOUT ROWID;
 
 CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+-- Covers SELECT's listing of a folder, so it never reads the table's rows
+-- (each holds a body, about a page of its own).
+CREATE INDEX messages_listing ON messages (mailbox_id, uid, flags, modseq, internaldate, size);
 
 -- UIDs removed from a folder, with the mod-sequence of their removal, so a
 -- session learns what others expunged since it last looked.

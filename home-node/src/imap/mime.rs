@@ -6,7 +6,7 @@ use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the layout changes: older cache entries are made again.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Nesting deeper than this is shown as an opaque part.
 const MAX_DEPTH: usize = 16;
 
@@ -21,13 +21,16 @@ pub struct Meta {
     pub tree: Part,
     /// The message's header block (with the empty line): header fetches and
     /// header searches need no decryption.
+    #[serde(with = "bytes")]
     pub header: Vec<u8>,
 }
 
 /// ENVELOPE fields, raw (RFC 2047 words left encoded, as RFC 3501 asks).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Env {
+    #[serde(with = "opt_bytes")]
     pub date: Option<Vec<u8>>,
+    #[serde(with = "opt_bytes")]
     pub subject: Option<Vec<u8>>,
     pub from: Vec<Addr>,
     pub sender: Vec<Addr>,
@@ -35,7 +38,9 @@ pub struct Env {
     pub to: Vec<Addr>,
     pub cc: Vec<Addr>,
     pub bcc: Vec<Addr>,
+    #[serde(with = "opt_bytes")]
     pub in_reply_to: Option<Vec<u8>>,
+    #[serde(with = "opt_bytes")]
     pub message_id: Option<Vec<u8>>,
 }
 
@@ -43,8 +48,11 @@ pub struct Env {
 /// a group end has nothing (RFC 3501 7.4.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Addr {
+    #[serde(with = "opt_bytes")]
     pub name: Option<Vec<u8>>,
+    #[serde(with = "opt_bytes")]
     pub mailbox: Option<Vec<u8>>,
+    #[serde(with = "opt_bytes")]
     pub host: Option<Vec<u8>>,
 }
 
@@ -75,6 +83,73 @@ pub enum Kind {
     Multi(Vec<Part>),
     /// message/rfc822: the envelope and structure of the message inside.
     Message(Box<Env>, Box<Part>),
+}
+
+/// Byte strings as serde bytes (postcard then copies them whole, instead of
+/// element by element as for a `Vec<u8>`).
+mod bytes {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub struct Bytes;
+    impl de::Visitor<'_> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(Bytes)
+    }
+}
+
+mod opt_bytes {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&serde_bytes_ref(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct Wrap<'a>(&'a [u8]);
+    impl serde::Serialize for Wrap<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    fn serde_bytes_ref(v: &[u8]) -> Wrap<'_> {
+        Wrap(v)
+    }
+
+    struct OptBytes;
+    impl<'de> de::Visitor<'de> for OptBytes {
+        type Value = Option<Vec<u8>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("optional bytes")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            super::bytes::deserialize(d).map(Some)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(OptBytes)
+    }
 }
 
 impl Meta {
