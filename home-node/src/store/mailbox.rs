@@ -1,6 +1,7 @@
 //! Folders: create, delete, rename (RFC 3501 6.3.3–6.3.5 with the hierarchy
 //! delimiter "/"), subscriptions and the counts STATUS and SELECT report.
 
+use super::WRITE_TX;
 use super::{MailStore, StoreError};
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -141,7 +142,7 @@ impl MailStore {
         if name.is_empty() || name.split(DELIMITER).any(str::is_empty) {
             return Err(StoreError::Refused("that folder name is not valid"));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let mut path = String::new();
         let parts: Vec<&str> = name.split(DELIMITER).collect();
         for (i, part) in parts.iter().enumerate() {
@@ -196,7 +197,7 @@ impl MailStore {
                 .fetch_optional(&self.pool)
                 .await?
                 .is_some();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         if children {
             if mb.noselect {
                 return Err(StoreError::Refused(
@@ -248,7 +249,7 @@ impl MailStore {
                     .await?;
             }
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         if src.name == "INBOX" {
             let uidvalidity = next_uidvalidity(&mut tx).await?;
             let new_id: i64 = sqlx::query(

@@ -2,6 +2,7 @@
 //! expunging, copying and moving with new UIDs in the target (RFC 4315).
 //! Every change bumps the folder's HIGHESTMODSEQ and is announced to sessions.
 
+use super::WRITE_TX;
 use super::{MailStore, StoreError};
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -173,7 +174,7 @@ impl MailStore {
         meta: Option<&[u8]>,
     ) -> Result<(u32, u32), StoreError> {
         let sealed = meta.and_then(|m| self.seal_meta(m));
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let (uid, uidvalidity) = next_uid(&mut tx, mailbox_id).await?;
         let modseq = bump(&mut tx, mailbox_id).await?;
         sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
@@ -210,7 +211,7 @@ impl MailStore {
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
         let mut out = FlagUpdate::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let mut modseq = None;
         for chunk in uids.chunks(500) {
             let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
@@ -284,7 +285,7 @@ impl MailStore {
         if uids.is_empty() {
             return Ok(uids);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let modseq = bump(&mut tx, mailbox_id).await?;
         for uid in &uids {
             remove(&mut tx, mailbox_id, *uid, modseq).await?;
@@ -322,7 +323,7 @@ impl MailStore {
         to: i64,
         remove_source: bool,
     ) -> Result<Vec<(u32, u32)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let mut pairs = Vec::with_capacity(uids.len());
         let dst_modseq = bump(&mut tx, to).await?;
         let src_modseq = if remove_source {
@@ -432,6 +433,42 @@ mod tests {
             apply_flags("\\Seen", FlagOp::Replace, &s(&[])),
             Some(String::new())
         );
+    }
+
+    /// Many sessions setting flags at once (10 IMAP clients fetching BODY[],
+    /// which sets \Seen) all succeed: write transactions wait for the lock
+    /// instead of failing with SQLITE_BUSY.
+    #[tokio::test]
+    async fn concurrent_flag_changes_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("omb-msgs-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = MailStore::open(&dir).await.unwrap();
+        let inbox = store.mailbox("INBOX").await.unwrap().unwrap();
+        let mut uids = Vec::new();
+        for i in 0..40 {
+            let (uid, _) = store.append(inbox.id, i, 1, b"x", "", None).await.unwrap();
+            uids.push(uid);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for uid in uids.clone() {
+            let store = store.clone();
+            tasks.spawn(async move {
+                store
+                    .set_flags(inbox.id, &[uid], FlagOp::Add, &s(&["\\Seen"]), None)
+                    .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let rows = store.snapshot(inbox.id).await.unwrap();
+        assert_eq!(rows.len(), 40);
+        assert!(
+            rows.iter().all(|r| r.flags.contains("\\Seen")),
+            "every message is \\Seen"
+        );
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

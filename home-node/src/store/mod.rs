@@ -14,6 +14,12 @@ use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 
+/// How every write transaction starts. `BEGIN IMMEDIATE` takes SQLite's write
+/// lock first (waiting up to the busy timeout): a deferred transaction that
+/// reads and then writes fails at once with SQLITE_BUSY when another session
+/// committed in between, which concurrent IMAP clients setting `\Seen` hit.
+pub(crate) const WRITE_TX: &str = "BEGIN IMMEDIATE";
+
 /// The folders every mailbox has from the start, with their special use (RFC 6154).
 pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("INBOX", None),
@@ -125,7 +131,7 @@ impl MailStore {
             if exists.is_some() {
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with(WRITE_TX).await?;
             let uidvalidity = mailbox::next_uidvalidity(&mut tx).await?;
             sqlx::query(
                 "INSERT INTO mailboxes (name, special_use, uidvalidity) VALUES (?1, ?2, ?3)",
@@ -176,7 +182,7 @@ impl MailStore {
     /// Stores several deliveries in one transaction (one fsync for the lot),
     /// dropping those seen before; results are in the order given.
     pub async fn deliver_batch(&self, items: &[NewDelivery]) -> Result<Vec<Stored>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let mut out = Vec::with_capacity(items.len());
         let mut inbox = None;
         for item in items {

@@ -2,6 +2,7 @@
 //! Deletions made over POP3 are IMAP expunges: the rows go, and INBOX's
 //! HIGHESTMODSEQ moves on (RFC 7162 section 3.1.2.1), so IMAP clients see them.
 
+use super::WRITE_TX;
 use super::{MailStore, StoreError};
 use sqlx::Row;
 
@@ -71,7 +72,7 @@ impl MailStore {
             return Ok(());
         }
         let id = self.mailbox_id("INBOX").await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         for &(uid, size) in sizes {
             sqlx::query(
                 "INSERT OR REPLACE INTO pop3_sizes (mailbox_id, uid, ciphertext, size) \
@@ -92,7 +93,7 @@ impl MailStore {
     /// state), and moves INBOX's HIGHESTMODSEQ on when anything went. Returns
     /// how many were removed: fewer than asked when IMAP expunged some first.
     pub async fn pop3_delete(&self, uids: &[u32]) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let id: i64 = sqlx::query("SELECT id FROM mailboxes WHERE name = 'INBOX'")
             .fetch_optional(&mut *tx)
             .await?
