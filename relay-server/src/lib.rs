@@ -5,7 +5,6 @@
 pub mod auth;
 pub mod config;
 pub mod dns;
-pub mod limits;
 pub mod mx;
 pub mod passthrough;
 pub mod server;

@@ -2,6 +2,7 @@
 //! tunnel's wire protocol and transports, the tunnel identity, and OpenPGP helpers.
 
 pub mod identity;
+pub mod limits;
 pub mod mime;
 pub mod pgp;
 pub mod protocol;

@@ -7,9 +7,9 @@ use super::deflate::Deflate;
 use super::session::{status, Limits, Session, State};
 use crate::access::AccessContext;
 use imap_codec::imap_types::response::{Code, Response, Status, StatusKind};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use omb_shared::limits::ConnectionLimits;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,30 +23,14 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections from one address at once.
 const MAX_PER_ADDRESS: usize = 50;
+/// Connections at once in all.
+const MAX_CONNECTIONS: usize = 500;
 
 #[derive(Clone)]
 pub struct Server {
     ctx: AccessContext,
     limits: Limits,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// Holds one slot of an address's connection count.
-struct Slot {
-    ip: IpAddr,
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
+    connections: Arc<ConnectionLimits>,
 }
 
 enum End {
@@ -59,21 +43,8 @@ impl Server {
         Server {
             ctx,
             limits: Limits::default(),
-            per_address: Arc::new(Mutex::new(HashMap::new())),
+            connections: ConnectionLimits::new(MAX_PER_ADDRESS, MAX_CONNECTIONS),
         }
-    }
-
-    fn slot(&self, ip: IpAddr) -> Option<Slot> {
-        let mut map = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= MAX_PER_ADDRESS {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            ip,
-            map: self.per_address.clone(),
-        })
     }
 
     /// Accepts connections for ever.
@@ -91,7 +62,7 @@ impl Server {
             let span = tracing::info_span!("imap", %peer, tls = implicit_tls);
             tokio::spawn(
                 async move {
-                    let Some(slot) = server.slot(peer.ip()) else {
+                    let Some(slot) = server.connections.admit(peer.ip()) else {
                         tracing::warn!("too many connections from this address");
                         let mut stream = stream;
                         let _ = stream

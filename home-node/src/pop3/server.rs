@@ -6,9 +6,9 @@ use super::message;
 use super::session::{Action, Loaded, LoginVerdict, MaildropEntry, Session, SessionConfig};
 use crate::access::login::LoginError;
 use crate::access::AccessContext;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use omb_shared::limits::ConnectionLimits;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -52,58 +52,19 @@ pub struct Pop3Server {
     /// The exclusive-access lock on the maildrop (RFC 1939 section 8): one node
     /// serves one account, so one lock.
     maildrop: Arc<tokio::sync::Mutex<()>>,
-    connections: Mutex<HashMap<IpAddr, usize>>,
+    connections: Arc<ConnectionLimits>,
 }
 
 impl Pop3Server {
     pub fn new(ctx: AccessContext, limits: Limits) -> Arc<Self> {
+        let connections = ConnectionLimits::new(limits.per_ip, limits.total);
         Arc::new(Pop3Server {
+            connections,
             tls: TlsAcceptor::from(ctx.tls.clone()),
             ctx,
             limits,
             maildrop: Arc::new(tokio::sync::Mutex::new(())),
-            connections: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Counts a new connection; `None` when its address or the server is full.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = connections.values().sum();
-        let n = connections.entry(ip).or_insert(0);
-        if *n >= self.limits.per_ip || total >= self.limits.total {
-            if *n == 0 {
-                connections.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(Admitted {
-            server: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// A counted connection; uncounted when dropped.
-struct Admitted {
-    server: Arc<Pop3Server>,
-    ip: IpAddr,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut connections = self
-            .server
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = connections.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                connections.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -123,7 +84,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Pop3Server>, implicit_tls:
         let span = info_span!("pop3", %peer, tls = implicit_tls);
         tokio::spawn(
             async move {
-                let Some(admitted) = server.admit(peer.ip()) else {
+                let Some(admitted) = server.connections.admit(peer.ip()) else {
                     debug!("too many connections; refused");
                     if !implicit_tls {
                         let mut stream = stream;

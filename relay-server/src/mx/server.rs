@@ -4,7 +4,7 @@
 use super::accept::Acceptor;
 use super::session::{Action, Session, SessionConfig};
 use crate::config::SmtpConfig;
-use crate::limits::ConnectionLimits;
+use omb_shared::limits::ConnectionLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

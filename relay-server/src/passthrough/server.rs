@@ -3,9 +3,9 @@
 
 use super::sni::{alert, handle_for, AlertDescription, ClientHelloReader, HelloError};
 use crate::config::PassthroughConfig;
-use crate::limits::ConnectionLimits;
 use crate::store::Store;
 use crate::tunnel::Hub;
+use omb_shared::limits::ConnectionLimits;
 use omb_shared::protocol::{read_stream_frame, write_stream_frame, Service, StreamFrame};
 use omb_shared::splice::splice;
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! Limits on simultaneous connections, per client address and in all, for the
-//! relay's TCP servers (the MX, SNI passthrough).
+//! TCP servers of both programs (the relay's MX and SNI passthrough, the
+//! node's IMAP and POP3).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
