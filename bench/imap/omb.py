@@ -84,20 +84,21 @@ class Omb:
         sb = subprocess.Popen([args.sandbox_bin, "--dir", d, "--nodes", "alice"], stdout=subprocess.DEVNULL,
                               stderr=sb_log, env=self.env, start_new_session=True)
         manifest = os.path.join(d, "sandbox.json")
-        deadline = now() + 120
-        while not os.path.exists(manifest):
-            if sb.poll() is not None or now() > deadline:
-                stop_proc(sb)
-                raise RuntimeError(f"omb-sandbox did not start; see {sb_log.name}")
-            time.sleep(0.1)
-        time.sleep(0.2)
-        with open(manifest) as f:
-            self.manifest = json.load(f)
-        node = self.manifest["nodes"][0]
-        # The manifest names the node's IMAP port as soon as the node has the config
-        # for it; whether an IMAP server answers there is another matter.
-        self.has_imap = bool(node.get("imap")) and imap_greets(node["imap"])
-        stop_proc(sb)
+        try:
+            deadline = now() + 120
+            while not os.path.exists(manifest):
+                if sb.poll() is not None or now() > deadline:
+                    raise RuntimeError(f"omb-sandbox did not start; see {sb_log.name}")
+                time.sleep(0.1)
+            time.sleep(0.2)
+            with open(manifest) as f:
+                self.manifest = json.load(f)
+            node = self.manifest["nodes"][0]
+            # The manifest names the node's IMAP port as soon as the node has the config
+            # for it; whether an IMAP server answers there is another matter.
+            self.has_imap = bool(node.get("imap")) and imap_greets(node["imap"])
+        finally:
+            stop_proc(sb)
         self.address, self.password = node["address"], node["password"]
         self.data_dir = node["data_dir"]
         self.cafile = self.manifest.get("ca_cert")
@@ -131,8 +132,12 @@ class Omb:
         self.node_conf = os.path.join(d, "alice-bench.toml")
         with open(self.node_conf, "w") as f:
             f.write(text)
-        self.start_relay()
-        self.start_node()
+        try:
+            self.start_relay()
+            self.start_node()
+        except BaseException:
+            self.stop()
+            raise
 
     def start_relay(self):
         self.relay_log = open(os.path.join(self.dir, "relay.log"), "ab")
@@ -203,6 +208,7 @@ class Omb:
         for p in (self.node, self.relay):
             if p is not None:
                 stop_proc(p)
+        self.node = self.relay = None
 
 
 
