@@ -90,12 +90,21 @@ async fn main() -> anyhow::Result<()> {
             let store = MailStore::open(&config.data_dir).await?;
             match command {
                 MailCommand::List { mailbox } => {
-                    println!("{:>6}  {:<29}  {:>8}  FLAGS", "UID", "RECEIVED", "SIZE");
+                    let mut text =
+                        format!("{:>6}  {:<29}  {:>8}  FLAGS\n", "UID", "RECEIVED", "SIZE");
                     for m in store.list(&mailbox).await? {
                         let date = chrono::DateTime::from_timestamp(m.internaldate, 0)
                             .map(|d| d.to_rfc2822())
                             .unwrap_or_default();
-                        println!("{:>6}  {:<29}  {:>8}  {}", m.uid, date, m.size, m.flags);
+                        text.push_str(&format!(
+                            "{:>6}  {:<29}  {:>8}  {}\n",
+                            m.uid, date, m.size, m.flags
+                        ));
+                    }
+                    // `omb-node mail list | head` closes the pipe early: not an error.
+                    match std::io::stdout().write_all(text.as_bytes()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        other => other?,
                     }
                 }
                 MailCommand::Show { uid, mailbox, raw } => {
