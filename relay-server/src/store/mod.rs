@@ -1,0 +1,177 @@
+//! All of the relay's SQL, one file per concern: `accounts` (accounts, link
+//! tokens, linked nodes) and `spool` (mail waiting for nodes).
+//! One code path for SQLite (the embedded default) and PostgreSQL (shared state
+//! for several relay instances), through sqlx's `Any` driver and one set of
+//! migrations.
+
+use omb_shared::types::QueueId;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no account called {0:?}")]
+    NoAccount(String),
+    #[error("an account called {0:?} exists already")]
+    AccountExists(String),
+    #[error("spool write failed: {0}")]
+    Batch(String),
+    #[error("the spool writer has stopped")]
+    WriterGone,
+}
+
+/// Why a link attempt was refused (told to the node as the reason).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkRefusal {
+    #[error("unknown or already used link token")]
+    BadToken,
+    #[error("this node key is linked to another account")]
+    KeyTaken,
+}
+
+/// What the MX needs to know of a recipient address.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    pub handle: String,
+    /// The node's OpenPGP certificate (binary); `None` until a node is linked.
+    pub cert: Option<Vec<u8>>,
+    pub quota_bytes: i64,
+    /// Bytes of the account's mail waiting in the spool now.
+    pub spooled_bytes: i64,
+}
+
+/// One message in the spool, for one account.
+#[derive(Debug, Clone)]
+pub struct SpoolEntry {
+    pub id: QueueId,
+    pub handle: String,
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub received_at: i64,
+    pub relay_encrypted: bool,
+    /// The size of the message as the node will read it (decrypted).
+    pub plain_size: i64,
+    pub data: Vec<u8>,
+}
+
+mod accounts;
+mod spool;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    writer: mpsc::Sender<WriteOp>,
+}
+
+/// A spool write waiting for the writer task.
+enum WriteOp {
+    Insert(Vec<Arc<SpoolEntry>>, oneshot::Sender<Result<(), String>>),
+    Delete(String, Vec<String>, oneshot::Sender<Result<usize, String>>),
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A PostgreSQL `url` with its database name replaced by `database` (query
+/// string kept): for tools and tests that create a database and then open it.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    format!("{}/{database}{query}", &base[..authority_end])
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its schema up
+    /// to date. SQLite runs in WAL mode with `synchronous=FULL`, so a committed
+    /// spool write survives power loss.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // Checkpoints run in their own task (`checkpoint_loop`),
+                        // not inside whichever commit crosses the WAL threshold.
+                        sqlx::raw_sql("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        let (writer, rx) = mpsc::channel(1024);
+        let committed = Arc::new(Notify::new());
+        tokio::spawn(spool::write_loop(pool.clone(), rx, committed.clone()));
+        if is_sqlite {
+            tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
+        }
+        Ok(Store { pool, writer })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn recipient_from(row: &AnyRow) -> Result<Recipient, StoreError> {
+    Ok(Recipient {
+        handle: row.try_get(0)?,
+        cert: row.try_get(1)?,
+        quota_bytes: row.try_get(2)?,
+        spooled_bytes: row.try_get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_replaces_only_the_name() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5432/postgres", "x"),
+            "postgres://u:p@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5432", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgresql://h/db?application_name=a/b", "x"),
+            "postgresql://h/x?application_name=a/b"
+        );
+    }
+}
