@@ -18,6 +18,10 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+/// The id of the MTA-STS policy the web front serves (RFC 8461 §3.1): change it
+/// whenever the policy changes.
+const MTA_STS_ID: &str = "omb1";
+
 /// A running relay: where each part listens, and the tasks serving them.
 pub struct RunningRelay {
     pub smtp: SocketAddr,
@@ -152,11 +156,18 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 ipv6,
                 spf,
                 dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
+                mta_sts_id: MTA_STS_ID.to_string(),
+                tlsrpt_rua: format!("mailto:tlsrpt@{}", config.domain),
                 extra_hosts: vec![],
                 handle_services: clients.rfc6186_services(),
             })
             .context("cannot build the relay's DNS zone")?;
-            let server = DnsServer::bind(addr, Arc::new(zone))
+            let zone = Arc::new(zone);
+            zone.load(&store)
+                .await
+                .context("cannot load the accounts into the DNS zone")?;
+            tasks.spawn(zone.clone().follow(store.clone()));
+            let server = DnsServer::bind(addr, zone)
                 .await
                 .with_context(|| format!("cannot listen for DNS on {addr}"))?;
             let local = server.local_addr();

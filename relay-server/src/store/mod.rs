@@ -63,12 +63,17 @@ pub struct SpoolEntry {
 }
 
 mod accounts;
+mod dns;
 mod spool;
+
+pub use dns::{AccountDns, RecordKind};
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     writer: mpsc::Sender<WriteOp>,
+    /// Handles whose DNS data changed (see [`Store::dns_changes`]).
+    dns_changes: tokio::sync::broadcast::Sender<String>,
 }
 
 /// A spool write waiting for the writer task.
@@ -134,7 +139,12 @@ impl Store {
         if is_sqlite {
             tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
         }
-        Ok(Store { pool, writer })
+        let (dns_changes, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Store {
+            pool,
+            writer,
+            dns_changes,
+        })
     }
 
     pub async fn close(&self) {
