@@ -31,6 +31,8 @@ pub struct RelayConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub passthrough: PassthroughConfig,
+    #[serde(default)]
+    pub domains: DomainsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -121,12 +123,37 @@ impl Default for DnsConfig {
 pub struct AccountsConfig {
     /// Bytes of mail an account may have waiting in the spool; `452` beyond.
     pub quota_bytes: i64,
+    /// The account (handle) that receives `postmaster@` and `abuse@` of every
+    /// hosted domain (RFC 5321 §4.5.1, RFC 2142); refused when unset.
+    pub operator: Option<String>,
 }
 
 impl Default for AccountsConfig {
     fn default() -> Self {
         AccountsConfig {
             quota_bytes: 1024 * 1024 * 1024,
+            operator: None,
+        }
+    }
+}
+
+/// Users' own domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    /// The DNS server that checks users' records (a recursive resolver).
+    /// Defaults to `[dns] resolver`.
+    pub resolver: Option<SocketAddr>,
+    /// Seconds between re-checks of verified domains; a domain whose records
+    /// are gone is suspended.
+    pub recheck_secs: u64,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        DomainsConfig {
+            resolver: None,
+            recheck_secs: 3600,
         }
     }
 }

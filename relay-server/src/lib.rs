@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod dns;
+pub mod domains;
 pub mod mx;
 pub mod passthrough;
 pub mod server;

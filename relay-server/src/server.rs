@@ -3,7 +3,8 @@
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::dns::{DnsServer, RelayZone, ZoneConfig};
-use crate::mx::accept::Acceptor;
+use crate::domains::{DomainSettings, Domains};
+use crate::mx::accept::{Acceptor, Routing};
 use crate::mx::MxServer;
 use crate::passthrough::PassthroughServer;
 use crate::store::Store;
@@ -184,11 +185,19 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let auth =
         Authenticator::new(resolver, &hostname).context("cannot set up SPF/DKIM/DMARC checks")?;
 
+    let routing = Routing {
+        relay_domain: config.domain.clone(),
+        operator: config.accounts.operator.clone(),
+    };
+    if routing.operator.is_none() {
+        tracing::warn!("no [accounts] operator: postmaster@ and abuse@ addresses are refused");
+    }
     let acceptor = Arc::new(Acceptor::new(
         store.clone(),
         auth,
         hub.clone(),
         hostname.clone(),
+        routing,
     ));
     let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
@@ -208,6 +217,18 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
 
+    let domains = Domains::new(
+        store.clone(),
+        DomainSettings {
+            relay_domain: config.domain.clone(),
+            mx_host: config.hostname(),
+            resolver: config.domains.resolver.unwrap_or(resolver),
+            imaps_port: imaps.map(|a| a.port()),
+            recheck: std::time::Duration::from_secs(config.domains.recheck_secs.max(1)),
+        },
+    );
+    tasks.spawn(domains.clone().recheck_loop());
+
     let http = match config.http.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -217,6 +238,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
             let ctx = Arc::new(WebContext {
                 store: store.clone(),
                 clients: clients.clone(),
+                domains: domains.clone(),
             });
             tasks.spawn(crate::web::serve(listener, ctx));
             Some(local)

@@ -22,6 +22,10 @@ pub enum StoreError {
     NoAccount(String),
     #[error("an account called {0:?} exists already")]
     AccountExists(String),
+    #[error("the domain {0:?} is already linked to an account; remove it there first")]
+    DomainTaken(String),
+    #[error("no domain {0:?} on this relay")]
+    NoDomain(String),
     #[error("spool write failed: {0}")]
     Batch(String),
     #[error("the spool writer has stopped")]
@@ -64,9 +68,11 @@ pub struct SpoolEntry {
 
 mod accounts;
 mod dns;
+mod domains;
 mod spool;
 
 pub use dns::{AccountDns, RecordKind};
+pub use domains::{Domain, DomainState, OPERATOR_LOCAL_PARTS};
 
 #[derive(Clone)]
 pub struct Store {

@@ -3,9 +3,12 @@
 //! come with the accounts API.
 
 mod autoconfig;
+mod domains;
 
 pub use autoconfig::ClientSettings;
+pub use domains::check_domain_name;
 
+use crate::domains::Domains;
 use crate::store::Store;
 use axum::Router;
 use std::sync::Arc;
@@ -14,11 +17,14 @@ use std::sync::Arc;
 pub struct WebContext {
     pub store: Store,
     pub clients: ClientSettings,
+    pub domains: Domains,
 }
 
 /// The relay's routes.
 pub fn router(ctx: Arc<WebContext>) -> Router {
-    autoconfig::routes().with_state(ctx)
+    autoconfig::routes()
+        .merge(domains::routes())
+        .with_state(ctx)
 }
 
 /// Serves `router` on `listener` until the task is dropped.
