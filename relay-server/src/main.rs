@@ -27,6 +27,11 @@ enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
+    /// The relay's DNS zone.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// Manages users' own domains.
     Domain {
         #[command(subcommand)]
@@ -34,6 +39,12 @@ enum Command {
     },
     /// Prints the tunnel certificate pin that nodes configure.
     Pin,
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Prints the zone as a master file (RFC 1035 §5), accounts included.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +67,9 @@ enum AccountCommand {
     LinkToken { handle: String },
     /// Issues an API token for the account (for the custom-domain API).
     ApiToken { handle: String },
+    /// Creates the accounts named in FILE (one handle per line) in one
+    /// transaction, skipping those that exist.
+    Import { file: PathBuf },
 }
 
 #[tokio::main]
@@ -78,6 +92,25 @@ async fn main() -> anyhow::Result<()> {
                 AccountCommand::Add { handle }
                 | AccountCommand::LinkToken { handle }
                 | AccountCommand::ApiToken { handle } => handle.to_lowercase(),
+                AccountCommand::Import { file } => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let accounts: Vec<_> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(|h| omb_relay::store::ImportedAccount {
+                            handle: h.to_lowercase(),
+                            node: None,
+                        })
+                        .collect();
+                    let created = store
+                        .import_accounts(&config.domain, config.accounts.quota_bytes, &accounts)
+                        .await?;
+                    println!("created {created} of {} accounts", accounts.len());
+                    store.close().await;
+                    return Ok(());
+                }
             };
             if let AccountCommand::ApiToken { .. } = command {
                 println!("api_token: {}", store.create_api_token(&handle).await?);
@@ -98,6 +131,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Domain { command } => domain_command(&config, command).await,
+        Command::Dns {
+            command: DnsCommand::Export,
+        } => {
+            let store = omb_relay::server::open_store(&config).await?;
+            let clients = omb_relay::server::client_settings(
+                &config,
+                config.passthrough.imaps.map(|a| a.port()),
+            );
+            let zone =
+                omb_relay::dns::RelayZone::new(&omb_relay::server::zone_config(&config, &clients))?;
+            zone.load(&store).await?;
+            print!("{}", omb_relay::dns::zone_file(&zone.read()));
+            store.close().await;
+            Ok(())
+        }
         Command::Pin => {
             println!("{}", omb_relay::server::tunnel_pin(&config)?);
             Ok(())

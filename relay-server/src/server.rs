@@ -107,62 +107,13 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         &mut tasks,
     )
     .await?;
-    let clients = ClientSettings {
-        domain: config.domain.clone(),
-        imaps: imaps.map(|a| a.port()),
-        pop3s: None,
-        submissions: None,
-    };
+    let clients = client_settings(&config, imaps.map(|a| a.port()));
 
     // DNS first: the authenticator may ask it.
     let dns = match config.dns.listen {
         Some(addr) => {
-            let addresses = if config.dns.addresses.is_empty() {
-                vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
-            } else {
-                config.dns.addresses.clone()
-            };
-            let ipv4: Vec<_> = addresses
-                .iter()
-                .filter_map(|a| {
-                    if let IpAddr::V4(v) = a {
-                        Some(*v)
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            let ipv6: Vec<_> = addresses
-                .iter()
-                .filter_map(|a| {
-                    if let IpAddr::V6(v) = a {
-                        Some(*v)
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            let mut spf = "v=spf1".to_string();
-            for a in &ipv4 {
-                spf.push_str(&format!(" ip4:{a}"));
-            }
-            for a in &ipv6 {
-                spf.push_str(&format!(" ip6:{a}"));
-            }
-            spf.push_str(" -all");
-            let zone = RelayZone::new(&ZoneConfig {
-                domain: config.domain.clone(),
-                mx_host: hostname.clone(),
-                ipv4,
-                ipv6,
-                spf,
-                dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
-                mta_sts_id: MTA_STS_ID.to_string(),
-                tlsrpt_rua: format!("mailto:tlsrpt@{}", config.domain),
-                extra_hosts: vec![],
-                handle_services: clients.rfc6186_services(),
-            })
-            .context("cannot build the relay's DNS zone")?;
+            let zone = RelayZone::new(&zone_config(&config, &clients))
+                .context("cannot build the relay's DNS zone")?;
             let zone = Arc::new(zone);
             zone.load(&store)
                 .await
@@ -258,6 +209,53 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         hub,
         tasks,
     })
+}
+
+/// What the relay's zone publishes besides its accounts, from the configuration.
+pub fn zone_config(config: &RelayConfig, clients: &ClientSettings) -> ZoneConfig {
+    let addresses = if config.dns.addresses.is_empty() {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    } else {
+        config.dns.addresses.clone()
+    };
+    let mut spf = "v=spf1".to_string();
+    let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
+    for address in addresses {
+        match address {
+            IpAddr::V4(v4) => {
+                spf.push_str(&format!(" ip4:{v4}"));
+                ipv4.push(v4);
+            }
+            IpAddr::V6(v6) => {
+                spf.push_str(&format!(" ip6:{v6}"));
+                ipv6.push(v6);
+            }
+        }
+    }
+    spf.push_str(" -all");
+    ZoneConfig {
+        domain: config.domain.clone(),
+        mx_host: config.hostname(),
+        ipv4,
+        ipv6,
+        spf,
+        dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
+        mta_sts_id: MTA_STS_ID.to_string(),
+        tlsrpt_rua: format!("mailto:tlsrpt@{}", config.domain),
+        extra_hosts: vec![],
+        handle_services: clients.rfc6186_services(),
+    }
+}
+
+/// The settings mail apps are given, from the configuration and the
+/// passthrough ports actually bound.
+pub fn client_settings(config: &RelayConfig, imaps: Option<u16>) -> ClientSettings {
+    ClientSettings {
+        domain: config.domain.clone(),
+        imaps,
+        pop3s: None,
+        submissions: None,
+    }
 }
 
 /// Starts the passthrough listener of `service` if it has an address.

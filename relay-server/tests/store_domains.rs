@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use omb_relay::store::{DomainState, RecordKind, Store, StoreError};
+use omb_relay::store::{DomainState, ImportedAccount, ImportedNode, RecordKind, Store, StoreError};
 
 on_both_backends!(
     aliases_reach_the_account_unless_turned_off,
@@ -14,6 +14,7 @@ on_both_backends!(
     postmaster_and_abuse_reach_the_operator,
     api_tokens_name_their_account,
     dns_data_and_zone_version_follow_changes,
+    imports_create_accounts_in_one_go,
 );
 
 async fn routed(store: &Store, address: &str, operator: Option<&str>) -> Option<String> {
@@ -229,5 +230,46 @@ async fn dns_data_and_zone_version_follow_changes(url: String) {
         Vec::<String>::new()
     );
     assert!(store.dns_account("nobody").await.expect("dns").is_none());
+    store.close().await;
+}
+
+async fn imports_create_accounts_in_one_go(url: String) {
+    let store = store_with(&url, &["alice"]).await;
+    let v0 = store.zone_version().await.expect("version");
+    let accounts: Vec<ImportedAccount> = ["alice", "u1", "u2"]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| ImportedAccount {
+            handle: h.to_string(),
+            node: (i == 2).then(|| ImportedNode {
+                node_key: key(9),
+                cert: b"cert-u2".to_vec(),
+                fingerprint: "fp-u2".into(),
+            }),
+        })
+        .collect();
+    // alice exists: skipped, the others created.
+    assert_eq!(
+        store
+            .import_accounts(DOMAIN, 7, &accounts)
+            .await
+            .expect("import"),
+        2
+    );
+    assert!(store.zone_version().await.expect("version") > v0);
+    let u2 = store
+        .recipient("u2@sandbox.test")
+        .await
+        .expect("look up")
+        .expect("u2");
+    assert_eq!(
+        (u2.quota_bytes, u2.cert.as_deref()),
+        (7, Some(&b"cert-u2"[..]))
+    );
+    assert_eq!(
+        store.node_account(&key(9)).await.expect("node").as_deref(),
+        Some("u2")
+    );
+    assert_eq!(store.dns_accounts().await.expect("all").len(), 3);
     store.close().await;
 }

@@ -12,6 +12,7 @@
 //! The sandbox and the tests resolve through this server on loopback, never through the
 //! system resolver.
 
+mod export;
 mod live;
 mod server;
 mod wire;
@@ -23,6 +24,7 @@ mod tests;
 use hickory_proto::op::Query;
 use hickory_proto::rr::{Name, Record};
 
+pub use export::zone_file;
 pub use live::RelayZone;
 pub use server::DnsServer;
 pub use zone::{ZoneConfig, ZoneData, ZoneError};

@@ -4,7 +4,69 @@ use super::{now, recipient_from, token_hash, LinkRefusal, Recipient, Store, Stor
 use omb_shared::types::NodeKey;
 use sqlx::Row;
 
+/// An account to import (from another relay, or a benchmark), with its
+/// linked node when it has one.
+#[derive(Debug, Clone)]
+pub struct ImportedAccount {
+    pub handle: String,
+    pub node: Option<ImportedNode>,
+}
+
+/// A linked node of an [`ImportedAccount`].
+#[derive(Debug, Clone)]
+pub struct ImportedNode {
+    pub node_key: NodeKey,
+    pub cert: Vec<u8>,
+    pub fingerprint: String,
+}
+
 impl Store {
+    /// Creates many accounts in one transaction (addresses `handle@domain`,
+    /// and their nodes), skipping handles that exist; returns how many were
+    /// created. The DNS zone sees them by the zone version, within a second.
+    pub async fn import_accounts(
+        &self,
+        domain: &str,
+        quota_bytes: i64,
+        accounts: &[ImportedAccount],
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let at = now();
+        let mut created = 0;
+        for account in accounts {
+            let inserted = sqlx::query(
+                "INSERT INTO accounts (handle, quota_bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (handle) DO NOTHING",
+            )
+            .bind(&account.handle)
+            .bind(quota_bytes)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() != 1 {
+                continue;
+            }
+            created += 1;
+            sqlx::query("INSERT INTO addresses (address, handle) VALUES ($1, $2)")
+                .bind(format!("{}@{domain}", account.handle).to_lowercase())
+                .bind(&account.handle)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(node) = &account.node {
+                sqlx::query("INSERT INTO nodes (node_key, handle, openpgp_cert, fingerprint, linked_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(node.node_key.to_hex())
+                    .bind(&account.handle)
+                    .bind(node.cert.clone())
+                    .bind(&node.fingerprint)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        super::dns::bump_zone_version(&mut tx).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
     /// Creates an account with its primary address `handle@domain`.
     pub async fn create_account(
         &self,

@@ -71,6 +71,7 @@ mod dns;
 mod domains;
 mod spool;
 
+pub use accounts::{ImportedAccount, ImportedNode};
 pub use dns::{AccountDns, RecordKind};
 pub use domains::{Domain, DomainState, OPERATOR_LOCAL_PARTS};
 
