@@ -29,6 +29,18 @@ enum Command {
     },
     /// Prints the tunnel certificate pin that nodes configure.
     Pin,
+    /// The relay's DNS zone.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Prints the DS record (SHA-256) to publish at the parent zone, and the DNSKEY for
+    /// trust anchors; makes the key if the relay has none yet.
+    Ds,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +83,18 @@ async fn main() -> anyhow::Result<()> {
             println!("link_token: {token}");
             println!("tunnel_pin: {}", omb_relay::server::tunnel_pin(&config)?);
             store.close().await;
+            Ok(())
+        }
+        Command::Dns {
+            command: DnsCommand::Ds,
+        } => {
+            let key =
+                omb_relay::dns::ZoneKey::load_or_generate(&config.dns.key_path(&config.data_dir))?;
+            let mut origin = hickory_proto::rr::Name::from_ascii(&config.domain)
+                .context("the relay's domain is not a domain name")?;
+            origin.set_fqdn(true);
+            println!("{}", key.ds_record(&origin, 3600)?);
+            println!("{}", key.dnskey_record(&origin, 3600));
             Ok(())
         }
         Command::Pin => {
