@@ -93,9 +93,16 @@ async fn main() -> anyhow::Result<()> {
             let mut origin = hickory_proto::rr::Name::from_ascii(&config.domain)
                 .context("the relay's domain is not a domain name")?;
             origin.set_fqdn(true);
-            println!("{}", key.ds_record(&origin, 3600)?);
-            println!("{}", key.dnskey_record(&origin, 3600));
-            Ok(())
+            let text = format!(
+                "{}\n{}\n",
+                key.ds_record(&origin, 3600)?,
+                key.dnskey_record(&origin, 3600)
+            );
+            // A reader that closes the pipe early (`| head -1`) is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
         }
         Command::Pin => {
             println!("{}", omb_relay::server::tunnel_pin(&config)?);
