@@ -24,7 +24,8 @@ const FIRST_WAIT: Duration = Duration::from_millis(500);
 const ATTEMPTS: u32 = 5;
 
 /// Sends NOTIFY to every `target` on each new serial of `zone`, until the zone is
-/// dropped. A newer serial cancels the retries of an older one.
+/// dropped. A newer serial cancels the retries of an older one. Returns at once when
+/// there is no target.
 pub async fn notify_secondaries(zone: Arc<RelayZone>, targets: Vec<SocketAddr>) {
     if targets.is_empty() {
         return;
