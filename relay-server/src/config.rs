@@ -106,6 +106,15 @@ pub struct DnsConfig {
     pub resolver: SocketAddr,
     /// Public IPv4/IPv6 addresses of this relay, published in its zone.
     pub addresses: Vec<std::net::IpAddr>,
+    /// Sign the zone online (DNSSEC); the key is made on first start in
+    /// `DATA_DIR/dnssec.key`.
+    pub dnssec: bool,
+    /// Addresses (`IP` or `IP/PREFIX`) allowed to transfer the zone (AXFR over TCP).
+    pub allow_transfer: Vec<String>,
+    /// Secondaries (`IP:PORT`) sent a NOTIFY on every change of the zone.
+    pub notify: Vec<SocketAddr>,
+    /// Response-rate limiting of UDP answers.
+    pub rrl: crate::dns::RrlConfig,
 }
 
 impl Default for DnsConfig {
@@ -114,7 +123,18 @@ impl Default for DnsConfig {
             listen: None,
             resolver: SocketAddr::from(([127, 0, 0, 1], 53)),
             addresses: vec![],
+            dnssec: true,
+            allow_transfer: vec![],
+            notify: vec![],
+            rrl: crate::dns::RrlConfig::default(),
         }
+    }
+}
+
+impl DnsConfig {
+    /// Where the zone's DNSSEC key is kept.
+    pub fn key_path(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join("dnssec.key")
     }
 }
 

@@ -43,7 +43,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DnsCommand {
-    /// Prints the zone as a master file (RFC 1035 §5), accounts included.
+    /// Prints the DS record (SHA-256) to publish at the parent zone, and the DNSKEY for
+    /// trust anchors; makes the key if the relay has none yet.
+    Ds,
+    /// Prints the zone as a master file (RFC 1035 §5), accounts included
+    /// (unsigned).
     Export,
 }
 
@@ -145,6 +149,25 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", omb_relay::dns::zone_file(&zone.read()));
             store.close().await;
             Ok(())
+        }
+        Command::Dns {
+            command: DnsCommand::Ds,
+        } => {
+            let key =
+                omb_relay::dns::ZoneKey::load_or_generate(&config.dns.key_path(&config.data_dir))?;
+            let mut origin = hickory_proto::rr::Name::from_ascii(&config.domain)
+                .context("the relay's domain is not a domain name")?;
+            origin.set_fqdn(true);
+            let text = format!(
+                "{}\n{}\n",
+                key.ds_record(&origin, 3600)?,
+                key.dnskey_record(&origin, 3600)
+            );
+            // A reader that closes the pipe early (`| head -1`) is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
         }
         Command::Pin => {
             println!("{}", omb_relay::server::tunnel_pin(&config)?);

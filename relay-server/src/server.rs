@@ -2,7 +2,9 @@
 
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
-use crate::dns::{DnsServer, RelayZone, ZoneConfig};
+use crate::dns::{
+    notify_secondaries, DnsServer, RelayZone, ServerOptions, TransferAcl, ZoneConfig, ZoneKey,
+};
 use crate::domains::{DomainSettings, Domains};
 use crate::mx::accept::{Acceptor, Routing};
 use crate::mx::MxServer;
@@ -114,14 +116,33 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         Some(addr) => {
             let zone = RelayZone::new(&zone_config(&config, &clients))
                 .context("cannot build the relay's DNS zone")?;
+            let zone = if config.dns.dnssec {
+                let path = config.dns.key_path(&config.data_dir);
+                zone.signed(ZoneKey::load_or_generate(&path)?)
+            } else {
+                zone
+            };
             let zone = Arc::new(zone);
             zone.load(&store)
                 .await
                 .context("cannot load the accounts into the DNS zone")?;
             tasks.spawn(zone.clone().follow(store.clone()));
+            // Every task of the set must run for ever: `wait` treats an end as a failure.
+            if !config.dns.notify.is_empty() {
+                tasks.spawn(notify_secondaries(zone.clone(), config.dns.notify.clone()));
+            }
+            let options = ServerOptions {
+                allow_transfer: TransferAcl::parse(&config.dns.allow_transfer)
+                    .map_err(anyhow::Error::msg)
+                    .context("bad [dns] allow_transfer")?,
+                rrl: config.dns.rrl.clone(),
+            };
             let server = DnsServer::bind(addr, zone)
                 .await
-                .with_context(|| format!("cannot listen for DNS on {addr}"))?;
+                .with_context(|| format!("cannot listen for DNS on {addr}"))?
+                .with_options(&options)
+                .map_err(anyhow::Error::msg)
+                .context("bad [dns.rrl]")?;
             let local = server.local_addr();
             tasks.spawn(server.run());
             Some(local)

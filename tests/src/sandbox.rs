@@ -92,6 +92,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             listen: Some(any),
             resolver: any,
             addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            ..DnsConfig::default()
         },
         // postmaster@ and abuse@ reach the first node's owner, standing in for
         // the relay's operator.

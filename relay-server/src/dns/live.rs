@@ -12,11 +12,14 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use hickory_proto::op::Query;
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, Record, RecordType};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use tokio::time::{interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
+use super::dnssec::{Signer, ZoneKey};
+use super::nsec;
 use super::zone::{ZoneConfig, ZoneData, ZoneError};
 use super::{Answer, ZoneSource};
 use crate::store::{AccountDns, Store, StoreError};
@@ -25,6 +28,9 @@ use crate::store::{AccountDns, Store, StoreError};
 const POLL: Duration = Duration::from_secs(1);
 /// How often the whole zone is compared with the database.
 const RECONCILE: Duration = Duration::from_secs(300);
+/// How often a signed zone's serial moves without a change, so that secondaries
+/// transfer it again and never serve signatures near their expiry (RFC 6781 §4.4.2).
+const RESIGN: Duration = Duration::from_secs(24 * 3600);
 
 /// The relay's zone, shared by the DNS server and the task that follows the
 /// database.
@@ -32,6 +38,10 @@ const RECONCILE: Duration = Duration::from_secs(300);
 pub struct RelayZone {
     origin: Name,
     data: RwLock<ZoneData>,
+    /// Present when the zone is signed.
+    signer: Option<Arc<Signer>>,
+    /// The serial, for the tasks that tell secondaries about changes.
+    serial: watch::Sender<u32>,
 }
 
 impl RelayZone {
@@ -40,8 +50,29 @@ impl RelayZone {
         let data = ZoneData::new(config)?;
         Ok(Self {
             origin: data.origin().clone(),
+            serial: watch::Sender::new(data.serial()),
             data: RwLock::new(data),
+            signer: None,
         })
+    }
+
+    /// Signs the zone with `key`: publishes its DNSKEY at the apex and answers queries
+    /// with the DO bit with signatures and NSEC proofs (RFC 4035 §3.1).
+    pub fn signed(mut self, key: ZoneKey) -> Self {
+        let dnskey = key.dnskey_record(&self.origin, 3600);
+        self.write().set_dnskey(dnskey);
+        self.signer = Some(Arc::new(Signer::new(key, self.origin.clone())));
+        self
+    }
+
+    /// The signing key, when the zone is signed.
+    pub fn key(&self) -> Option<&ZoneKey> {
+        self.signer.as_deref().map(Signer::key)
+    }
+
+    /// Follows the serial: the receiver sees every change (for NOTIFY).
+    pub fn watch_serial(&self) -> watch::Receiver<u32> {
+        self.serial.subscribe()
     }
 
     /// The zone as it is now, for readers that need more than one question
@@ -53,10 +84,19 @@ impl RelayZone {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ZoneData> {
-        self.data
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn write(&self) -> SerialGuard<'_> {
+        SerialGuard {
+            data: self
+                .data
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            serial: &self.serial,
+        }
+    }
+
+    /// Moves the serial with no other change (see [`RESIGN`]).
+    pub fn touch(&self) {
+        self.write().touch();
     }
 
     /// The SOA serial now.
@@ -117,6 +157,9 @@ impl RelayZone {
         let mut reconcile = interval(RECONCILE);
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
         reconcile.tick().await;
+        let mut resign = interval(RESIGN);
+        resign.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        resign.tick().await;
         loop {
             let result = tokio::select! {
                 change = changes.recv() => match change {
@@ -144,6 +187,10 @@ impl RelayZone {
                     Err(error) => Err(error),
                 },
                 _ = reconcile.tick() => self.load(&store).await,
+                _ = resign.tick(), if self.signer.is_some() => {
+                    self.touch();
+                    Ok(())
+                }
             };
             if let Err(error) = result {
                 warn!(%error, "dns: could not bring the zone up to date; retrying");
@@ -152,12 +199,107 @@ impl RelayZone {
     }
 }
 
+/// A write lock on the zone that publishes the serial when it is released.
+struct SerialGuard<'a> {
+    data: std::sync::RwLockWriteGuard<'a, ZoneData>,
+    serial: &'a watch::Sender<u32>,
+}
+
+impl std::ops::Deref for SerialGuard<'_> {
+    type Target = ZoneData;
+    fn deref(&self) -> &ZoneData {
+        &self.data
+    }
+}
+
+impl std::ops::DerefMut for SerialGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ZoneData {
+        &mut self.data
+    }
+}
+
+impl Drop for SerialGuard<'_> {
+    fn drop(&mut self) {
+        let serial = self.data.serial();
+        self.serial.send_if_modified(|seen| {
+            let changed = *seen != serial;
+            *seen = serial;
+            changed
+        });
+    }
+}
+
 impl ZoneSource for RelayZone {
-    fn answer(&self, query: &Query) -> Answer {
-        self.read().answer(query)
+    fn answer(&self, query: &Query, dnssec_ok: bool) -> Answer {
+        let Some(signer) = self.signer.as_deref().filter(|_| dnssec_ok) else {
+            return self.read().answer(query);
+        };
+        // Collect under the lock, sign after it (a signature costs tens of µs).
+        let answer = {
+            let data = self.read();
+            match data.answer(query) {
+                Answer::NoData(_) => Answer::NoData(nsec::nodata(&data, &lower(query))),
+                Answer::NxDomain(_) => Answer::NxDomain(nsec::nxdomain(&data, &lower(query))),
+                other => other,
+            }
+        };
+        match answer {
+            Answer::Records(records) => Answer::Records(signer.with_signatures(records)),
+            Answer::NoData(proof) => Answer::NoData(signer.with_signatures(proof)),
+            Answer::NxDomain(proof) => Answer::NxDomain(signer.with_signatures(proof)),
+            Answer::Refused => Answer::Refused,
+        }
     }
 
     fn origin(&self) -> &Name {
         &self.origin
     }
+
+    fn transfer(&self) -> Option<Box<dyn Iterator<Item = Record> + Send>> {
+        // A snapshot of the records under the lock, one group per name with its NSEC;
+        // signatures are made (or taken from the cache) as the transfer goes.
+        let (soa, names) = {
+            let data = self.read();
+            let soa: Vec<Record> = data
+                .records()
+                .filter(|r| r.record_type() == RecordType::SOA)
+                .cloned()
+                .collect();
+            let mut names: Vec<Vec<Record>> = Vec::new();
+            for record in data.records() {
+                match names.last_mut() {
+                    Some(group) if group.first().is_some_and(|f| f.name == record.name) => {
+                        group.push(record.clone());
+                    }
+                    _ => names.push(vec![record.clone()]),
+                }
+            }
+            if self.signer.is_some() {
+                for group in &mut names {
+                    group.sort_by_key(|r| u16::from(r.record_type()));
+                    let nsec = group.first().and_then(|f| nsec::nsec_at(&data, &f.name));
+                    group.extend(nsec);
+                }
+            }
+            (soa, names)
+        };
+        let signer = self.signer.clone();
+        let body = names.into_iter().flat_map(move |group| {
+            let group = match &signer {
+                Some(signer) => signer.with_signatures(group),
+                None => group,
+            };
+            // The SOA opens and closes the transfer (RFC 5936 §2.2); its RRSIG stays.
+            group
+                .into_iter()
+                .filter(|r| r.record_type() != RecordType::SOA)
+        });
+        Some(Box::new(soa.clone().into_iter().chain(body).chain(soa)))
+    }
+}
+
+fn lower(query: &Query) -> Name {
+    let mut name = query.name().to_lowercase();
+    name.set_fqdn(true);
+    name
 }

@@ -2,8 +2,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -11,6 +11,8 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout};
 use tracing::{debug, warn};
 
+use super::rrl::{Limiter, RrlConfig, Verdict};
+use super::transfer::{self, TransferAcl};
 use super::wire::{self, Transport};
 use super::ZoneSource;
 
@@ -30,12 +32,23 @@ const ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// port 0.
 const BIND_ATTEMPTS: usize = 16;
 
+/// What the server allows beyond answering queries.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Who may transfer the zone (AXFR/IXFR over TCP); nobody by default.
+    pub allow_transfer: TransferAcl,
+    /// Response-rate limiting on UDP.
+    pub rrl: RrlConfig,
+}
+
 /// An authoritative DNS server for one [`ZoneSource`], on UDP and TCP of one port.
 pub struct DnsServer {
     udp: UdpSocket,
     tcp: TcpListener,
     zone: Arc<dyn ZoneSource>,
     local_addr: SocketAddr,
+    allow_transfer: Arc<TransferAcl>,
+    limiter: Option<Limiter>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -62,6 +75,8 @@ impl DnsServer {
                         tcp,
                         zone,
                         local_addr,
+                        allow_transfer: Arc::new(TransferAcl::default()),
+                        limiter: None,
                     })
                 }
                 // Port 0 chose a UDP port whose TCP twin is taken: try another one.
@@ -74,6 +89,14 @@ impl DnsServer {
         }
     }
 
+    /// Applies `options` (the server starts with no transfers and no rate limit). The
+    /// error names a bad entry of the rate limiter's configuration.
+    pub fn with_options(mut self, options: &ServerOptions) -> Result<Self, String> {
+        self.allow_transfer = Arc::new(options.allow_transfer.clone());
+        self.limiter = Limiter::new(&options.rrl)?;
+        Ok(self)
+    }
+
     /// The address both sockets are bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -83,14 +106,16 @@ impl DnsServer {
     /// open TCP connection.
     pub async fn run(self) {
         tokio::join!(
-            serve_udp(self.udp, Arc::clone(&self.zone)),
-            serve_tcp(self.tcp, self.zone),
+            serve_udp(self.udp, Arc::clone(&self.zone), self.limiter),
+            serve_tcp(self.tcp, self.zone, self.allow_transfer),
         );
     }
 }
 
-/// One datagram, one answer (RFC 1035 §4.2.1).
-async fn serve_udp(socket: UdpSocket, zone: Arc<dyn ZoneSource>) {
+/// One datagram, one answer (RFC 1035 §4.2.1), unless the rate limiter drops or
+/// truncates it.
+async fn serve_udp(socket: UdpSocket, zone: Arc<dyn ZoneSource>, limiter: Option<Limiter>) {
+    let limiter = limiter.map(Mutex::new);
     let mut buf = vec![0u8; usize::from(u16::MAX)];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -104,10 +129,21 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<dyn ZoneSource>) {
         let Some(packet) = buf.get(..len) else {
             continue;
         };
-        let Some(reply) = wire::respond(packet, Transport::Udp, zone.as_ref()) else {
+        let Some(mut reply) = wire::respond(packet, Transport::Udp, zone.as_ref()) else {
             debug!(%peer, len, "dns: dropped a udp message that has no query header");
             continue;
         };
+        if let Some(limiter) = &limiter {
+            let verdict = limiter
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .check(peer.ip(), &reply, Instant::now());
+            match verdict {
+                Verdict::Send => {}
+                Verdict::Slip(truncated) => reply = truncated,
+                Verdict::Drop => continue,
+            }
+        }
         if let Err(error) = socket.send_to(&reply, peer).await {
             debug!(%peer, %error, "dns: udp send failed");
         }
@@ -115,13 +151,18 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<dyn ZoneSource>) {
 }
 
 /// Accepts TCP connections, each served on a task of its own.
-async fn serve_tcp(listener: TcpListener, zone: Arc<dyn ZoneSource>) {
+async fn serve_tcp(listener: TcpListener, zone: Arc<dyn ZoneSource>, allow: Arc<TransferAcl>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) if connections.len() < MAX_TCP_CONNECTIONS => {
-                    connections.spawn(serve_connection(stream, peer, Arc::clone(&zone)));
+                    connections.spawn(serve_connection(
+                        stream,
+                        peer,
+                        Arc::clone(&zone),
+                        Arc::clone(&allow),
+                    ));
                 }
                 Ok((_stream, peer)) => {
                     warn!(%peer, "dns: too many tcp connections; closed a new one");
@@ -142,8 +183,14 @@ async fn serve_tcp(listener: TcpListener, zone: Arc<dyn ZoneSource>) {
 
 /// Serves queries on one TCP connection, one after the other, each framed by a two-byte
 /// length (RFC 1035 §4.2.2, RFC 7766 §6.2.1), until the client closes it, stays idle for
-/// [`TCP_IDLE_TIMEOUT`], or sends something that is not a query.
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, zone: Arc<dyn ZoneSource>) {
+/// [`TCP_IDLE_TIMEOUT`], or sends something that is not a query. A transfer request from
+/// an allowed address gets the zone (`transfer`); from others, REFUSED.
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    zone: Arc<dyn ZoneSource>,
+    allow: Arc<TransferAcl>,
+) {
     // Replies go out whole in one write; small segments should not wait.
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%peer, %error, "dns: could not set TCP_NODELAY");
@@ -169,6 +216,14 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, zone: Arc<dyn
             Ok(Ok(_))
         ) {
             return;
+        }
+        if allow.allows(peer.ip()) {
+            if let Some(request) = transfer::request(&message, zone.as_ref()) {
+                if transfer::send(&mut stream, &request, Arc::clone(&zone)).await {
+                    continue;
+                }
+                return;
+            }
         }
         // A message with no query header leaves nothing to answer: the stream is
         // probably not DNS, so close it.

@@ -137,61 +137,71 @@ pub(crate) fn respond_unguarded(
         }
     }
 
+    // RFC 3225 §3: DNSSEC records only for a query that sets DO.
+    let dnssec_ok = request
+        .edns
+        .as_ref()
+        .is_some_and(|edns| edns.flags().dnssec_ok);
     match query.query_type() {
-        // No zone transfers (yet): RFC 5936 §4.2 allows REFUSED.
+        // Transfers are answered on TCP by `transfer`, to the addresses allowed; here
+        // (UDP, or a peer not allowed) REFUSED, as RFC 5936 §4.2 allows.
         RecordType::AXFR | RecordType::IXFR => {
             response.metadata.response_code = ResponseCode::Refused;
         }
         // OPT is a pseudo-type and cannot be asked for (RFC 6891 §6.1.1).
         RecordType::OPT => response.metadata.response_code = ResponseCode::FormErr,
-        _ => fill(&mut response, query, zone),
+        _ => fill(&mut response, query, zone, dnssec_ok),
     }
     encode(response, limit)
 }
 
-/// Puts the zone's answer to `query` into `response` (RFC 1035 §4.3.2, RFC 2308).
-fn fill(response: &mut Message, query: &Query, zone: &dyn ZoneSource) {
-    let answer = zone.answer(query);
+/// Puts the zone's answer to `query` into `response` (RFC 1035 §4.3.2, RFC 2308,
+/// RFC 4035 §3.1).
+fn fill(response: &mut Message, query: &Query, zone: &dyn ZoneSource, dnssec_ok: bool) {
+    let answer = zone.answer(query, dnssec_ok);
     response.metadata.authoritative = answer != Answer::Refused;
     match answer {
         Answer::Records(records) => {
             response.add_answers(records);
         }
-        Answer::NoData => {
-            response.add_authorities(negative_soa(zone));
+        Answer::NoData(proof) => {
+            response.add_authorities(negative_soa(zone, dnssec_ok));
+            response.add_authorities(proof);
         }
-        Answer::NxDomain => {
+        Answer::NxDomain(proof) => {
             response.metadata.response_code = ResponseCode::NXDomain;
-            response.add_authorities(negative_soa(zone));
+            response.add_authorities(negative_soa(zone, dnssec_ok));
+            response.add_authorities(proof);
         }
         Answer::Refused => response.metadata.response_code = ResponseCode::Refused,
     }
 }
 
-/// The zone's SOA for a negative answer, its TTL lowered to the SOA MINIMUM
-/// (RFC 2308 §3).
-fn negative_soa(zone: &dyn ZoneSource) -> Vec<Record> {
-    let Answer::Records(records) =
-        zone.answer(&Query::query(zone.origin().clone(), RecordType::SOA))
-    else {
+/// The zone's SOA (and its RRSIG, with DNSSEC) for a negative answer, the TTL lowered
+/// to the SOA MINIMUM (RFC 2308 §3, RFC 4035 §3.1.3).
+fn negative_soa(zone: &dyn ZoneSource, dnssec_ok: bool) -> Vec<Record> {
+    let Answer::Records(mut records) = zone.answer(
+        &Query::query(zone.origin().clone(), RecordType::SOA),
+        dnssec_ok,
+    ) else {
         return Vec::new();
     };
+    let Some(minimum) = records.iter().find_map(|record| match &record.data {
+        RData::SOA(soa) => Some(soa.minimum),
+        _ => None,
+    }) else {
+        return Vec::new();
+    };
+    for record in &mut records {
+        record.ttl = record.ttl.min(minimum);
+    }
     records
-        .into_iter()
-        .filter_map(|mut record| {
-            let RData::SOA(soa) = &record.data else {
-                return None;
-            };
-            record.ttl = record.ttl.min(soa.minimum);
-            Some(record)
-        })
-        .collect()
 }
 
 /// Serializes `response`; when it is longer than `limit`, sends the header and question
 /// with TC set instead, so that the client retries over TCP (RFC 1035 §4.2.1,
 /// RFC 2181 §9).
-fn encode(response: Message, limit: u16) -> Option<Vec<u8>> {
+pub(super) fn encode(response: Message, limit: u16) -> Option<Vec<u8>> {
     let bytes = match response.to_vec() {
         Ok(bytes) => bytes,
         Err(error) => {

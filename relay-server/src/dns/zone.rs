@@ -202,6 +202,11 @@ impl ZoneData {
         &self.origin
     }
 
+    /// The TTL of negative answers and NSEC records (RFC 2308 §5, RFC 4034 §4).
+    pub fn negative_ttl(&self) -> u32 {
+        NEGATIVE_TTL
+    }
+
     /// The SOA serial of this zone.
     pub fn serial(&self) -> u32 {
         self.soa().map(|soa| soa.serial).unwrap_or_default()
@@ -229,6 +234,22 @@ impl ZoneData {
             self.insert(record.clone());
         }
         self.accounts.insert(account.handle.clone(), records);
+        self.bump_serial();
+    }
+
+    /// Publishes the zone's signing key at the apex (RFC 4034 §2), replacing any other
+    /// DNSKEY, and bumps the serial.
+    pub fn set_dnskey(&mut self, dnskey: Record) {
+        if let Some(apex) = self.nodes.get_mut(&self.origin) {
+            apex.retain(|r| r.record_type() != RecordType::DNSKEY);
+        }
+        self.insert(Record::from_rdata(self.origin.clone(), TTL, dnskey.data));
+        self.bump_serial();
+    }
+
+    /// Bumps the serial with no other change, so that secondaries transfer the zone
+    /// again and get fresh signatures before theirs expire.
+    pub fn touch(&mut self) {
         self.bump_serial();
     }
 
@@ -414,7 +435,7 @@ impl ZoneData {
         }
         match self.node(&name.to_lowercase()) {
             Some(records) => select(records, query.query_type(), &name),
-            None => Answer::NxDomain,
+            None => Answer::NxDomain(Vec::new()),
         }
     }
 }
@@ -423,7 +444,7 @@ impl ZoneData {
 /// query's letter case).
 fn select(records: &[Record], query_type: RecordType, name: &Name) -> Answer {
     if records.is_empty() {
-        return Answer::NoData;
+        return Answer::NoData(Vec::new());
     }
     if query_type == RecordType::ANY {
         // RFC 8482 §4.2: one synthesized HINFO record instead of everything.
@@ -440,7 +461,7 @@ fn select(records: &[Record], query_type: RecordType, name: &Name) -> Answer {
         .map(|record| Record::from_rdata(name.clone(), record.ttl, record.data.clone()))
         .collect();
     if found.is_empty() {
-        Answer::NoData
+        Answer::NoData(Vec::new())
     } else {
         Answer::Records(found)
     }

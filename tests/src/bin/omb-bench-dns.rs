@@ -16,7 +16,7 @@ use clap::Parser;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use omb_relay::config::{DnsConfig, RelayConfig};
-use omb_relay::dns::{zone_file, DnsServer, RelayZone};
+use omb_relay::dns::{zone_file, DnsServer, RelayZone, ServerOptions, TransferAcl};
 use omb_relay::store::{ImportedAccount, ImportedNode, Store};
 use omb_shared::types::NodeKey;
 use rand::Rng;
@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             listen: Some(args.listen),
             resolver: args.listen,
             addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            ..DnsConfig::default()
         },
         accounts: Default::default(),
         http: Default::default(),
@@ -76,7 +77,16 @@ async fn main() -> anyhow::Result<()> {
     zone.load(&store).await?;
     let load_time = started.elapsed();
     tokio::spawn(zone.clone().follow(store.clone()));
-    let server = DnsServer::bind(args.listen, zone.clone()).await?;
+    // The options `omb-relay serve` runs with by default (rate limiting on,
+    // loopback exempt), so the measured path is the served one.
+    let options = ServerOptions {
+        allow_transfer: TransferAcl::parse(&[]).map_err(anyhow::Error::msg)?,
+        rrl: config.dns.rrl.clone(),
+    };
+    let server = DnsServer::bind(args.listen, zone.clone())
+        .await?
+        .with_options(&options)
+        .map_err(anyhow::Error::msg)?;
     let addr = server.local_addr();
     tokio::spawn(server.run());
 

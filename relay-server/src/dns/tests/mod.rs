@@ -1,4 +1,8 @@
 //! The server on real loopback sockets, queried with hickory-proto messages and `dig`.
+//! DNSSEC (with `delv` and `kdig`) in `signed`, rate limiting in `flood`.
+
+mod flood;
+mod signed;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::{Answer, DnsServer, RelayZone, ZoneConfig, ZoneSource};
+use super::{Answer, DnsServer, RelayZone, ServerOptions, ZoneConfig, ZoneSource};
 use crate::store::AccountDns;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -68,8 +72,8 @@ pub(super) fn alice() -> AccountDns {
 }
 
 /// A running server and the task that runs it (aborted on drop).
-struct Running {
-    addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
@@ -79,11 +83,17 @@ impl Drop for Running {
     }
 }
 
-async fn start(zone: Arc<dyn ZoneSource>) -> Running {
+pub(super) async fn start(zone: Arc<dyn ZoneSource>) -> Running {
+    start_with(zone, &ServerOptions::default()).await
+}
+
+pub(super) async fn start_with(zone: Arc<dyn ZoneSource>, options: &ServerOptions) -> Running {
     let localhost = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let server = DnsServer::bind(localhost, zone)
         .await
-        .expect("bind the dns server");
+        .expect("bind the dns server")
+        .with_options(options)
+        .expect("valid options");
     let addr = server.local_addr();
     Running {
         addr,
@@ -91,7 +101,7 @@ async fn start(zone: Arc<dyn ZoneSource>) -> Running {
     }
 }
 
-fn name(text: &str) -> Name {
+pub(super) fn name(text: &str) -> Name {
     Name::from_ascii(text).expect("test name")
 }
 
@@ -108,7 +118,7 @@ pub(super) fn query(qname: &str, qtype: RecordType, payload: Option<u16>) -> Mes
     message
 }
 
-async fn exchange_udp(addr: SocketAddr, request: &Message) -> Message {
+pub(super) async fn exchange_udp(addr: SocketAddr, request: &Message) -> Message {
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .expect("client socket");
@@ -130,7 +140,7 @@ async fn udp(addr: SocketAddr, qname: &str, qtype: RecordType) -> Message {
     exchange_udp(addr, &query(qname, qtype, Some(1232))).await
 }
 
-async fn send_tcp(stream: &mut TcpStream, request: &[u8]) {
+pub(super) async fn send_tcp(stream: &mut TcpStream, request: &[u8]) {
     let len = u16::try_from(request.len()).expect("short message");
     stream
         .write_all(&len.to_be_bytes())
@@ -139,7 +149,7 @@ async fn send_tcp(stream: &mut TcpStream, request: &[u8]) {
     stream.write_all(request).await.expect("write message");
 }
 
-async fn read_tcp(stream: &mut TcpStream) -> Message {
+pub(super) async fn read_tcp(stream: &mut TcpStream) -> Message {
     let mut prefix = [0u8; 2];
     timeout(WAIT, stream.read_exact(&mut prefix))
         .await
@@ -337,7 +347,7 @@ async fn several_queries_on_one_tcp_connection() {
 struct BigZone(Name);
 
 impl ZoneSource for BigZone {
-    fn answer(&self, query: &Query) -> Answer {
+    fn answer(&self, query: &Query, _dnssec_ok: bool) -> Answer {
         let text = "x".repeat(80);
         let record = |_| {
             Record::from_rdata(
