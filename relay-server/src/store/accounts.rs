@@ -5,7 +5,8 @@ use omb_shared::types::NodeKey;
 use sqlx::Row;
 
 impl Store {
-    /// Creates an account with its primary address `handle@domain`.
+    /// Creates an account with its primary address `handle@domain`, without
+    /// the handle rules (see `create_account_checked` for those).
     pub async fn create_account(
         &self,
         handle: &str,
@@ -20,12 +21,15 @@ impl Store {
         if exists.is_some() {
             return Err(StoreError::AccountExists(handle.to_string()));
         }
-        sqlx::query("INSERT INTO accounts (handle, quota_bytes, created_at) VALUES ($1, $2, $3)")
-            .bind(handle)
-            .bind(quota_bytes)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(handle)
+        .bind(quota_bytes)
+        .bind(now())
+        .bind(crate::accounts::handle::skeleton(handle))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO addresses (address, handle) VALUES ($1, $2)")
             .bind(format!("{handle}@{domain}").to_lowercase())
             .bind(handle)

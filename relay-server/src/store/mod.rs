@@ -1,5 +1,6 @@
 //! All of the relay's SQL, one file per concern: `accounts` (accounts, link
-//! tokens, linked nodes) and `spool` (mail waiting for nodes).
+//! tokens, linked nodes), `handles` (look-alike checks, aliases switch) and
+//! `spool` (mail waiting for nodes).
 //! One code path for SQLite (the embedded default) and PostgreSQL (shared state
 //! for several relay instances), through sqlx's `Any` driver and one set of
 //! migrations.
@@ -22,6 +23,10 @@ pub enum StoreError {
     NoAccount(String),
     #[error("an account called {0:?} exists already")]
     AccountExists(String),
+    #[error(
+        "{handle:?} looks too much like the existing account {existing:?}: choose another handle"
+    )]
+    LookAlike { handle: String, existing: String },
     #[error("spool write failed: {0}")]
     Batch(String),
     #[error("the spool writer has stopped")]
@@ -63,6 +68,7 @@ pub struct SpoolEntry {
 }
 
 mod accounts;
+mod handles;
 mod spool;
 
 #[derive(Clone)]
@@ -134,7 +140,9 @@ impl Store {
         if is_sqlite {
             tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
         }
-        Ok(Store { pool, writer })
+        let store = Store { pool, writer };
+        store.fill_skeletons().await?;
+        Ok(store)
     }
 
     pub async fn close(&self) {
