@@ -95,6 +95,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         },
         accounts: Default::default(),
         http: omb_relay::config::HttpConfig { listen: Some(any) },
+        mta_sts: Default::default(),
         // `NAME.sandbox.test` (the zone answers every handle name with the
         // relay's address) on this port reaches node NAME, TLS and all.
         passthrough: PassthroughConfig {
