@@ -40,6 +40,9 @@ pub struct RelayConfig {
 pub struct HttpConfig {
     /// Where the web front listens (HTTP), e.g. `0.0.0.0:80`; none when unset.
     pub listen: Option<SocketAddr>,
+    /// Reverse proxies (e.g. the TLS front) whose `X-Forwarded-For` names the
+    /// client; requests from anywhere else count by their own address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

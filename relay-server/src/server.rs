@@ -217,6 +217,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 store: store.clone(),
                 clients: clients.clone(),
                 signup: Signup {
+                    trusted_proxies: config.http.trusted_proxies.clone(),
                     domain: config.domain.to_ascii_lowercase(),
                     quota_bytes: accounts.quota_bytes,
                     pow,

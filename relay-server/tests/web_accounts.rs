@@ -21,6 +21,7 @@ on_both_backends!(
     look_alikes_of_existing_handles_are_refused,
     bad_proofs_of_work_are_refused,
     signups_are_limited_per_client,
+    behind_a_trusted_proxy_signups_count_per_forwarded_client,
     wkd_serves_certificates_holding_the_address,
     mta_sts_policy_is_served_for_the_relay_domain,
     operator_rules_and_aliases_switch,
@@ -43,6 +44,15 @@ impl Drop for TestRelay {
 
 /// A relay on loopback with its store at `url`; `accounts` as given.
 async fn relay(url: &str, accounts: AccountsConfig) -> TestRelay {
+    relay_with(url, accounts, vec![]).await
+}
+
+/// The same, believing `X-Forwarded-For` from `trusted_proxies`.
+async fn relay_with(
+    url: &str,
+    accounts: AccountsConfig,
+    trusted_proxies: Vec<std::net::IpAddr>,
+) -> TestRelay {
     let dir = std::env::temp_dir().join(format!(
         "omb-web-test-{}",
         hex::encode(rand::random::<[u8; 6]>())
@@ -63,7 +73,10 @@ async fn relay(url: &str, accounts: AccountsConfig) -> TestRelay {
         },
         dns: Default::default(),
         accounts,
-        http: HttpConfig { listen: Some(any) },
+        http: HttpConfig {
+            listen: Some(any),
+            trusted_proxies,
+        },
         passthrough: Default::default(),
         mta_sts: Default::default(),
     };
@@ -120,8 +133,21 @@ async fn request(
     path: &str,
     body: Option<&str>,
 ) -> Reply {
+    request_with(to, method, host, path, body, "").await
+}
+
+/// The same with `extra` header lines (each ending in CRLF).
+async fn request_with(
+    to: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: Option<&str>,
+    extra: &str,
+) -> Reply {
     let mut conn = tokio::net::TcpStream::connect(to).await.expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}");
     if let Some(b) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -173,6 +199,21 @@ impl TestRelay {
     async fn post(&self, handle: &str, solution: &Solution) -> Reply {
         let body = json!({"handle": handle, "pow": solution}).to_string();
         request(self.http, "POST", DOMAIN, "/api/v1/accounts", Some(&body)).await
+    }
+
+    /// Signs up `handle` as a proxy forwarding for `xff` would.
+    async fn signup_via_proxy(&self, handle: &str, xff: &str) -> Reply {
+        let body = json!({"handle": handle, "pow": self.solved().await}).to_string();
+        let extra = format!("X-Forwarded-For: {xff}\r\n");
+        request_with(
+            self.http,
+            "POST",
+            DOMAIN,
+            "/api/v1/accounts",
+            Some(&body),
+            &extra,
+        )
+        .await
     }
 
     /// Signs up `handle` with a fresh proof of work; returns the reply.
@@ -358,6 +399,25 @@ async fn signups_are_limited_per_client(url: String) {
         .await
         .expect("recipient")
         .is_none());
+}
+
+async fn behind_a_trusted_proxy_signups_count_per_forwarded_client(url: String) {
+    let mut accounts = easy();
+    accounts.signups_per_ip = 1;
+    let t = relay_with(&url, accounts, vec!["127.0.0.1".parse().expect("ip")]).await;
+    assert_eq!(
+        t.signup_via_proxy("carol", "198.51.100.1").await.status,
+        201
+    );
+    assert_eq!(t.signup_via_proxy("dave", "198.51.100.2").await.status, 201);
+    // What the client claims before the proxy's entry does not help.
+    let again = t
+        .signup_via_proxy("erin", "203.0.113.5, 198.51.100.1")
+        .await;
+    assert_error(&again, 429, "rate_limited");
+    // Without the header, the proxy is the client.
+    assert_eq!(t.signup("frank").await.status, 201);
+    assert_error(&t.signup("grace").await, 429, "rate_limited");
 }
 
 // ---- WKD and MTA-STS ------------------------------------------------------------

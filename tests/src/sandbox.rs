@@ -94,7 +94,10 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         },
         accounts: Default::default(),
-        http: omb_relay::config::HttpConfig { listen: Some(any) },
+        http: omb_relay::config::HttpConfig {
+            listen: Some(any),
+            ..Default::default()
+        },
         mta_sts: Default::default(),
         // `NAME.sandbox.test` (the zone answers every handle name with the
         // relay's address) on this port reaches node NAME, TLS and all.

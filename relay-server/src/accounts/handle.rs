@@ -125,11 +125,19 @@ pub enum HandleError {
     DoubleHyphen,
     #[error("a handle needs at least one letter: {0:?} is all digits")]
     AllDigits(String),
-    #[error("{handle:?} is reserved (it reads as {reserved:?}): choose another handle")]
+    #[error("{}", reserved_message(handle, reserved))]
     Reserved {
         handle: String,
         reserved: &'static str,
     },
+}
+
+fn reserved_message(handle: &str, reserved: &str) -> String {
+    if handle == reserved {
+        format!("{handle:?} is reserved: choose another handle")
+    } else {
+        format!("{handle:?} reads like the reserved name {reserved:?}: choose another handle")
+    }
 }
 
 impl HandleError {
@@ -351,6 +359,13 @@ mod tests {
     #[test]
     fn errors_say_what_to_do() {
         assert!(err("ab").to_string().contains("3 to 32"));
-        assert!(err("admin").to_string().contains("choose another handle"));
+        assert_eq!(
+            err("admin").to_string(),
+            "\"admin\" is reserved: choose another handle"
+        );
+        assert_eq!(
+            err("adm1n").to_string(),
+            "\"adm1n\" reads like the reserved name \"admin\": choose another handle"
+        );
     }
 }

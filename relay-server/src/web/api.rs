@@ -19,12 +19,12 @@ use crate::accounts::Handle;
 use crate::store::{now, StoreError};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -76,13 +76,37 @@ async fn challenge(State(ctx): State<Arc<WebContext>>) -> Response {
     response
 }
 
+/// The client a request counts against: the peer, or for a request from a
+/// trusted proxy, the last address of `X-Forwarded-For` (every proxy appends
+/// the address it received from) that is not a trusted proxy itself.
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|a| a.trim().parse::<IpAddr>())
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
+}
+
 async fn create(
     State(ctx): State<Arc<WebContext>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<CreateRequest>, JsonRejection>,
 ) -> Response {
     let signup = &ctx.signup;
-    if let Err(wait) = signup.limiter.check(peer.ip(), Instant::now()) {
+    let client = client_ip(peer.ip(), &headers, &signup.trusted_proxies);
+    if let Err(wait) = signup.limiter.check(client, Instant::now()) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -136,7 +160,7 @@ async fn create(
         Ok(t) => t,
         Err(e) => return internal(&e),
     };
-    tracing::info!(%handle, client = %peer.ip(), "account created through the API");
+    tracing::info!(%handle, %client, "account created through the API");
     let created = Created {
         address: format!("{handle}@{}", signup.domain),
         aliases: format!("*@{handle}.{}", signup.domain),
@@ -166,4 +190,56 @@ fn look_alike(handle: &Handle, existing: &str) -> Response {
         "handle_look_alike",
         format!("{handle:?} looks too much like the existing address {existing:?}: choose another handle"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+    use axum::http::{HeaderMap, HeaderValue};
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            let value = HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{v}: {e}"));
+            h.append("x-forwarded-for", value);
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxy = ip("127.0.0.1");
+        let trusted = [proxy, ip("10.0.0.2")];
+        // Not from a proxy: the header is the client's own claim.
+        assert_eq!(
+            client_ip(ip("192.0.2.9"), &headers(&["198.51.100.1"]), &trusted),
+            ip("192.0.2.9")
+        );
+        assert_eq!(
+            client_ip(proxy, &headers(&["198.51.100.1"]), &trusted),
+            ip("198.51.100.1")
+        );
+        // The client may put anything first; the proxies' own entries are last.
+        assert_eq!(
+            client_ip(
+                proxy,
+                &headers(&["203.0.113.66, 198.51.100.1, 10.0.0.2"]),
+                &trusted
+            ),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_ip(proxy, &headers(&["203.0.113.66", "2001:db8::1"]), &trusted),
+            ip("2001:db8::1")
+        );
+        // Missing or garbled: the proxy itself.
+        assert_eq!(client_ip(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &headers(&["nonsense"]), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &headers(&["10.0.0.2"]), &trusted), proxy);
+    }
 }

@@ -33,6 +33,8 @@ pub struct WebContext {
 
 /// What creating an account needs.
 pub struct Signup {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The relay's mail domain: accounts get `HANDLE@domain`.
     pub domain: String,
     pub quota_bytes: i64,
