@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod config;
+pub mod control;
 pub mod imap;
 pub mod keys;
 pub mod node;

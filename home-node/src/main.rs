@@ -32,6 +32,20 @@ enum Command {
     /// Sets the password mail apps log in with (read from standard input; only
     /// its Argon2id hash is kept).
     Password,
+    /// Publishes DNS records of this node's account in the relay's zone, through
+    /// the running node's tunnel.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Sets the `_acme-challenge.HANDLE.DOMAIN` TXT values for a DNS-01
+    /// challenge (RFC 8555 §8.4); with no value, removes them. Returns once the
+    /// relay's DNS serves them.
+    AcmeChallenge { values: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -65,6 +79,17 @@ async fn main() -> anyhow::Result<()> {
                 _ = node.tasks.join_next() => anyhow::bail!("the node stopped unexpectedly"),
                 _ = tokio::signal::ctrl_c() => Ok(()),
             }
+        }
+        Command::Dns {
+            command: DnsCommand::AcmeChallenge { values },
+        } => {
+            let request = omb_node::control::Request {
+                publish: omb_shared::protocol::PublishKind::AcmeChallenge,
+                values,
+            };
+            omb_node::control::request(&config.data_dir, &request).await?;
+            println!("published");
+            Ok(())
         }
         Command::Password => {
             let mut line = String::new();

@@ -26,6 +26,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let connector = QuicConnector::new(&config.relay.tunnel, &config.relay.pin)
         .context("cannot set up the tunnel")?;
     let (state_tx, state_rx) = watch::channel(TunnelState::Connecting);
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
+    let control = crate::control::bind(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the control socket in {}",
+            config.data_dir.display()
+        )
+    })?;
     let client = TunnelClient {
         connector,
         keys: keys.clone(),
@@ -34,9 +41,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         linked_marker: config.data_dir.join("linked"),
         state: state_tx,
         passthrough: Arc::new(config.passthrough.clone()),
+        control: tokio::sync::Mutex::new(control_rx),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(client.run());
+    tasks.spawn(crate::control::serve(control, control_tx));
     let access = AccessContext::new(&config, keys.clone(), store.clone())
         .context("cannot set up the mail-access servers")?;
     crate::imap::spawn(&access, &config.access, &mut tasks).await?;

@@ -3,6 +3,7 @@
 //! jittered exponential back-off.
 
 use crate::config::PassthroughTargets;
+use crate::control::Publish;
 use crate::keys::Keys;
 use crate::store::{MailStore, NewDelivery, Stored};
 use omb_shared::pgp;
@@ -13,7 +14,7 @@ use omb_shared::transport::{Connector, TunnelStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -41,6 +42,8 @@ pub struct TunnelClient<C: Connector> {
     pub state: watch::Sender<TunnelState>,
     /// Local servers for the relay's SNI passthrough streams.
     pub passthrough: Arc<PassthroughTargets>,
+    /// Requests from the control socket, carried out while the tunnel is up.
+    pub control: tokio::sync::Mutex<mpsc::Receiver<Publish>>,
 }
 
 enum SessionEnd {
@@ -149,8 +152,24 @@ impl<C: Connector> TunnelClient<C> {
         let mut passthrough = tokio::task::JoinSet::new();
         passthrough.spawn(crate::passthrough::serve(side, self.passthrough.clone()));
 
+        let mut control = self.control.lock().await;
+        // Publish requests sent, waiting for the relay's answer, in order.
+        let mut publishing: Vec<Publish> = Vec::new();
         loop {
-            let first = read_frame(&mut recv, &mut dec).await;
+            // `read_frame` keeps partial frames in `dec`, so dropping it for a
+            // control request loses nothing.
+            let first = tokio::select! {
+                frame = read_frame(&mut recv, &mut dec) => frame,
+                Some(request) = control.recv() => {
+                    let frame = Frame::Publish { kind: request.kind, values: request.values.clone() };
+                    if let Err(e) = write_frame(&mut send, &frame).await {
+                        let _ = request.reply.send(Err("the tunnel to the relay broke; try again".into()));
+                        return retry(e);
+                    }
+                    publishing.push(request);
+                    continue;
+                }
+            };
             // Take whatever else has already arrived, so a burst is stored in
             // one transaction (one fsync) and acknowledged together.
             let mut frames = vec![first];
@@ -200,6 +219,12 @@ impl<C: Connector> TunnelClient<C> {
                         }
                     }
                     Ok(Frame::Pong { .. }) => {}
+                    Ok(Frame::Published { kind, error }) => {
+                        if let Some(i) = publishing.iter().position(|p| p.kind == kind) {
+                            let request = publishing.remove(i);
+                            let _ = request.reply.send(error.map_or(Ok(()), Err));
+                        }
+                    }
                     Ok(Frame::Refused { reason }) => {
                         return SessionEnd::Retry(format!("relay closed the session: {reason}"))
                     }

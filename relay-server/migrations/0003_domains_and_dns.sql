@@ -31,3 +31,13 @@ CREATE TABLE account_records (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (handle, kind, value)
 );
+
+-- Grows with every change to what the DNS zone publishes, in the same
+-- transaction, so that a relay process sees changes made by another one (the
+-- operator CLI, or another instance on the same PostgreSQL database).
+CREATE TABLE zone_version (
+    id      BIGINT PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+
+INSERT INTO zone_version (id, version) VALUES (1, 0);

@@ -33,6 +33,8 @@ pub struct RelayConfig {
     pub passthrough: PassthroughConfig,
     #[serde(default)]
     pub mta_sts: MtaStsConfig,
+    #[serde(default)]
+    pub domains: DomainsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -135,6 +137,9 @@ pub struct AccountsConfig {
     /// `signup_window_secs`; 0 turns the limit off.
     pub signups_per_ip: u32,
     pub signup_window_secs: u64,
+    /// The account (handle) that receives `postmaster@` and `abuse@` of every
+    /// hosted domain (RFC 5321 §4.5.1, RFC 2142); refused when unset.
+    pub operator: Option<String>,
 }
 
 impl Default for AccountsConfig {
@@ -145,6 +150,7 @@ impl Default for AccountsConfig {
             pow_ttl_secs: 600,
             signups_per_ip: 5,
             signup_window_secs: 3600,
+            operator: None,
         }
     }
 }
@@ -183,6 +189,27 @@ impl MtaStsMode {
             MtaStsMode::Enforce => "enforce",
             MtaStsMode::Testing => "testing",
             MtaStsMode::None => "none",
+        }
+    }
+}
+
+/// Users' own domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainsConfig {
+    /// The DNS server that checks users' records (a recursive resolver).
+    /// Defaults to `[dns] resolver`.
+    pub resolver: Option<SocketAddr>,
+    /// Seconds between re-checks of verified domains; a domain whose records
+    /// are gone is suspended.
+    pub recheck_secs: u64,
+}
+
+impl Default for DomainsConfig {
+    fn default() -> Self {
+        DomainsConfig {
+            resolver: None,
+            recheck_secs: 3600,
         }
     }
 }

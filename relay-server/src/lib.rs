@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod auth;
 pub mod config;
 pub mod dns;
+pub mod domains;
 pub mod mx;
 pub mod passthrough;
 pub mod server;

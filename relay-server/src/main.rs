@@ -28,8 +28,25 @@ enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
+    /// Manages users' own domains.
+    Domain {
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
     /// Prints the tunnel certificate pin that nodes configure.
     Pin,
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Adds DOMAIN to the account HANDLE and prints the records to publish.
+    Add { handle: String, domain: String },
+    /// Checks DOMAIN's records now and prints each one's state.
+    Verify { domain: String },
+    /// Lists the domains (of HANDLE, or all) and their states.
+    List { handle: Option<String> },
+    /// Removes DOMAIN from the account HANDLE; its mail is refused at once.
+    Remove { handle: String, domain: String },
 }
 
 #[derive(Subcommand)]
@@ -46,6 +63,8 @@ enum AccountCommand {
     },
     /// Issues a new one-time link token for an existing account (to link a new node).
     LinkToken { handle: String },
+    /// Issues an API token for the account (for the custom-domain API).
+    ApiToken { handle: String },
     /// Turns ANYTHING@HANDLE.DOMAIN on or off for an account.
     Aliases { handle: String, state: OnOff },
 }
@@ -76,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
             result
         }
+        Command::Domain { command } => domain_command(&config, command).await,
         Command::Pin => {
             println!("{}", omb_relay::server::tunnel_pin(&config)?);
             Ok(())
@@ -105,6 +125,11 @@ async fn account(
         AccountCommand::LinkToken { handle } => {
             print_link(config, store, &handle.to_ascii_lowercase()).await
         }
+        AccountCommand::ApiToken { handle } => {
+            let token = store.create_api_token(&handle.to_ascii_lowercase()).await?;
+            println!("api_token: {token}");
+            Ok(())
+        }
         AccountCommand::Aliases { handle, state } => {
             let handle = handle.to_ascii_lowercase();
             let on = matches!(state, OnOff::On);
@@ -132,5 +157,73 @@ async fn print_link(
     println!("account: {handle}@{}", config.domain);
     println!("link_token: {token}");
     println!("tunnel_pin: {}", omb_relay::server::tunnel_pin(config)?);
+    Ok(())
+}
+
+async fn domain_command(config: &RelayConfig, command: DomainCommand) -> anyhow::Result<()> {
+    use omb_relay::domains::{DomainSettings, Domains};
+    let store = omb_relay::server::open_store(config).await?;
+    let domains = Domains::new(
+        store.clone(),
+        DomainSettings {
+            relay_domain: config.domain.clone(),
+            mx_host: config.hostname(),
+            resolver: config.domains.resolver.unwrap_or(config.dns.resolver),
+            imaps_port: config.passthrough.imaps.map(|a| a.port()),
+            recheck: std::time::Duration::from_secs(config.domains.recheck_secs.max(1)),
+        },
+    );
+    match command {
+        DomainCommand::Add { handle, domain } => {
+            let name = omb_relay::web::check_domain_name(&domain, &config.domain)
+                .map_err(anyhow::Error::msg)?;
+            let added = store.add_domain(&handle.to_lowercase(), &name).await?;
+            println!("domain: {} (pending)", added.domain);
+            println!(
+                "publish these records, then run `omb-relay domain verify {}`:",
+                added.domain
+            );
+            for r in domains.expected(&added) {
+                let need = if r.required {
+                    "required"
+                } else {
+                    "recommended"
+                };
+                println!(
+                    "{}. IN {} {}    ; {need}: {}",
+                    r.name, r.rtype, r.value, r.purpose
+                );
+            }
+        }
+        DomainCommand::Verify { domain } => {
+            let Some(found) = store.domain(&domain).await? else {
+                anyhow::bail!("no domain {domain:?} on this relay; add it first");
+            };
+            let report = domains.verify(&found).await?;
+            println!("domain: {} ({:?})", report.domain, report.state);
+            for c in &report.records {
+                println!(
+                    "{:?}\t{}. {} {}\tfound: {}",
+                    c.status,
+                    c.expected.name,
+                    c.expected.rtype,
+                    c.expected.value,
+                    c.found.join(" | ")
+                );
+            }
+        }
+        DomainCommand::List { handle } => {
+            for d in store.domains(handle.as_deref()).await? {
+                println!("{}\t{}\t{:?}", d.domain, d.handle, d.state);
+            }
+        }
+        DomainCommand::Remove { handle, domain } => {
+            if !store.remove_domain(&handle.to_lowercase(), &domain).await? {
+                anyhow::bail!("the account {handle:?} has no domain {domain:?}");
+            }
+            println!("removed {domain}");
+        }
+    }
+    store.close().await;
     Ok(())
 }

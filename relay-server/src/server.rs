@@ -5,7 +5,8 @@ use crate::accounts::pow::Pow;
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::dns::{DnsServer, RelayZone, ZoneConfig};
-use crate::mx::accept::Acceptor;
+use crate::domains::{DomainSettings, Domains};
+use crate::mx::accept::{Acceptor, Routing};
 use crate::mx::MxServer;
 use crate::passthrough::PassthroughServer;
 use crate::store::Store;
@@ -20,6 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+
+/// The id of the MTA-STS policy the web front serves (RFC 8461 §3.1): change it
+/// whenever the policy changes.
+const MTA_STS_ID: &str = "omb1";
 
 /// A running relay: where each part listens, and the tasks serving them.
 pub struct RunningRelay {
@@ -155,11 +160,18 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 ipv6,
                 spf,
                 dmarc: "v=DMARC1; p=reject; adkim=s; aspf=r".to_string(),
+                mta_sts_id: MTA_STS_ID.to_string(),
+                tlsrpt_rua: format!("mailto:tlsrpt@{}", config.domain),
                 extra_hosts: vec![],
                 handle_services: clients.rfc6186_services(),
             })
             .context("cannot build the relay's DNS zone")?;
-            let server = DnsServer::bind(addr, Arc::new(zone))
+            let zone = Arc::new(zone);
+            zone.load(&store)
+                .await
+                .context("cannot load the accounts into the DNS zone")?;
+            tasks.spawn(zone.clone().follow(store.clone()));
+            let server = DnsServer::bind(addr, zone)
                 .await
                 .with_context(|| format!("cannot listen for DNS on {addr}"))?;
             let local = server.local_addr();
@@ -176,11 +188,19 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     let auth =
         Authenticator::new(resolver, &hostname).context("cannot set up SPF/DKIM/DMARC checks")?;
 
+    let routing = Routing {
+        relay_domain: config.domain.clone(),
+        operator: config.accounts.operator.clone(),
+    };
+    if routing.operator.is_none() {
+        tracing::warn!("no [accounts] operator: postmaster@ and abuse@ addresses are refused");
+    }
     let acceptor = Arc::new(Acceptor::new(
         store.clone(),
         auth,
         hub.clone(),
         hostname.clone(),
+        routing,
     ));
     let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
@@ -199,6 +219,18 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         window: config.tunnel.window.max(1),
     });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
+
+    let domains = Domains::new(
+        store.clone(),
+        DomainSettings {
+            relay_domain: config.domain.clone(),
+            mx_host: config.hostname(),
+            resolver: config.domains.resolver.unwrap_or(resolver),
+            imaps_port: imaps.map(|a| a.port()),
+            recheck: std::time::Duration::from_secs(config.domains.recheck_secs.max(1)),
+        },
+    );
+    tasks.spawn(domains.clone().recheck_loop());
 
     let http = match config.http.listen {
         Some(addr) => {
@@ -233,6 +265,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                     mx: config.hostname(),
                     config: config.mta_sts.clone(),
                 },
+                domains: domains.clone(),
             });
             tasks.spawn(crate::web::serve(listener, ctx));
             Some(local)

@@ -14,6 +14,7 @@
 //! relay -> Welcome{..}                              | Refused{reason}
 //! relay -> Deliver{..} ...   node -> Ack{id} ...    (at-least-once; acked after a durable store)
 //! either -> Ping / Pong
+//! node  -> Publish{kind, values}   relay -> Published{kind, error}   (DNS records)
 //! ```
 //!
 //! Beside that session, the relay opens one more stream per connection it
@@ -82,6 +83,57 @@ pub enum Frame {
     Pong {
         nonce: u64,
     },
+    /// The node asks the relay to publish these DNS records for its account,
+    /// replacing those of the same kind (an empty list removes them).
+    Publish {
+        kind: PublishKind,
+        values: Vec<String>,
+    },
+    /// The relay's answer to [`Frame::Publish`]: served by its DNS from now
+    /// on, or why not.
+    Published {
+        kind: PublishKind,
+        error: Option<String>,
+    },
+}
+
+/// The DNS records a node publishes through the relay (whose zone holds its
+/// names); only public data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishKind {
+    /// The node's DKIM key records (`v=DKIM1; …`), at `HANDLE._domainkey.DOMAIN`.
+    Dkim,
+    /// DNS-01 challenge values (RFC 8555 §8.4), at `_acme-challenge.HANDLE.DOMAIN`,
+    /// so the node gets a certificate without the relay holding its key.
+    AcmeChallenge,
+}
+
+impl PublishKind {
+    /// Most values of one kind a node may publish.
+    pub const MAX_VALUES: usize = 8;
+    /// The longest value accepted (a 4096-bit RSA DKIM key is about 750 bytes).
+    pub const MAX_VALUE_LEN: usize = 1024;
+
+    /// Why `values` cannot be published, if they can't: too many, too long,
+    /// or not printable ASCII.
+    pub fn check(self, values: &[String]) -> Result<(), String> {
+        if values.len() > Self::MAX_VALUES {
+            return Err(format!("at most {} records of one kind", Self::MAX_VALUES));
+        }
+        for value in values {
+            if value.is_empty() || value.len() > Self::MAX_VALUE_LEN {
+                return Err(format!(
+                    "a record value must hold 1 to {} bytes",
+                    Self::MAX_VALUE_LEN
+                ));
+            }
+            if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err("record values are printable ASCII".to_string());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

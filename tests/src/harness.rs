@@ -102,7 +102,8 @@ impl Drop for TestDir {
     }
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+/// Spawns `cmd` with its stdout and stderr appended to `log`.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -256,6 +257,12 @@ impl Relay {
     pub fn link_token(&self, handle: &str) -> String {
         let out = self.cli(&["account", "link-token", handle]);
         field(&out, "link_token").expect("link token printed")
+    }
+
+    /// Issues an API token for the account (the custom-domain API).
+    pub fn api_token(&self, handle: &str) -> String {
+        let out = self.cli(&["account", "api-token", handle]);
+        field(&out, "api_token").expect("api token printed")
     }
 
     pub fn pin(&self) -> String {

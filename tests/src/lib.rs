@@ -2,5 +2,7 @@
 
 pub mod apps;
 pub mod harness;
+pub mod http;
+pub mod knot;
 pub mod netns;
 pub mod sandbox;

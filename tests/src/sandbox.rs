@@ -93,13 +93,21 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             resolver: any,
             addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
         },
-        accounts: Default::default(),
+        // postmaster@ and abuse@ reach the first node's owner, standing in for
+        // the relay's operator.
+        accounts: omb_relay::config::AccountsConfig {
+            operator: opts.nodes.first().map(|n| n.to_lowercase()),
+            ..Default::default()
+        },
         http: omb_relay::config::HttpConfig {
             listen: Some(any),
             ..Default::default()
         },
         mta_sts: Default::default(),
-        // `NAME.sandbox.test` (the zone answers every handle name with the
+        // Custom domains are checked through the relay's own DNS, the only
+        // one in the sandbox.
+        domains: Default::default(),
+        // `NAME.sandbox.test` (the zone has each account's name, with the
         // relay's address) on this port reaches node NAME, TLS and all.
         passthrough: PassthroughConfig {
             imaps: Some(any),

@@ -2,9 +2,9 @@
 //!
 //! Two halves, so that the data can change without touching the wire code:
 //!
-//! - a [`ZoneSource`] answers one question from records: [`RelayZone`] is the first one,
-//!   built in memory from a [`ZoneConfig`] (the relay's own zone and one-level
-//!   `HANDLE.DOMAIN` names); a database-backed, DNSSEC-signing source can replace it later;
+//! - a [`ZoneSource`] answers one question from records: [`RelayZone`] holds the relay's
+//!   zone in memory ([`ZoneData`]: the fixed names of a [`ZoneConfig`] and the names of
+//!   every account) and follows the database, so that changes are served at once;
 //! - a [`DnsServer`] does only the wire work (RFC 1035 §4, RFC 6891 EDNS(0), RFC 7766
 //!   TCP): parse, ask the source, build the reply, truncate, frame. The protocol part is the
 //!   I/O-free `wire::respond`; `server` drives it from UDP and TCP sockets.
@@ -12,6 +12,7 @@
 //! The sandbox and the tests resolve through this server on loopback, never through the
 //! system resolver.
 
+mod live;
 mod server;
 mod wire;
 mod zone;
@@ -22,8 +23,9 @@ mod tests;
 use hickory_proto::op::Query;
 use hickory_proto::rr::{Name, Record};
 
+pub use live::RelayZone;
 pub use server::DnsServer;
-pub use zone::{RelayZone, ZoneConfig, ZoneError};
+pub use zone::{ZoneConfig, ZoneData, ZoneError};
 
 /// What a [`ZoneSource`] has to say about one question.
 ///

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use super::{Answer, DnsServer, RelayZone, ZoneConfig, ZoneSource};
+use crate::store::AccountDns;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -26,6 +27,8 @@ pub(super) fn sandbox_config() -> ZoneConfig {
         ipv6: vec![Ipv6Addr::LOCALHOST],
         spf: "v=spf1 ip4:127.0.0.1 -all".into(),
         dmarc: "v=DMARC1; p=reject".into(),
+        mta_sts_id: "t1".into(),
+        tlsrpt_rua: "mailto:tlsrpt@sandbox.test".into(),
         extra_hosts: vec![(
             "smtp.out.sandbox.test".into(),
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
@@ -34,10 +37,33 @@ pub(super) fn sandbox_config() -> ZoneConfig {
     }
 }
 
+/// The sandbox zone with accounts `alice` (linked, with a certificate, DKIM
+/// and ACME records) and `bob` (no node yet).
 pub(super) fn sandbox_zone() -> Arc<dyn ZoneSource> {
-    match RelayZone::new(&sandbox_config()) {
-        Ok(zone) => Arc::new(zone),
+    Arc::new(sandbox_relay_zone())
+}
+
+pub(super) fn sandbox_relay_zone() -> RelayZone {
+    let zone = match RelayZone::new(&sandbox_config()) {
+        Ok(zone) => zone,
         Err(e) => panic!("sandbox zone: {e}"),
+    };
+    zone.set_account(&alice());
+    zone.set_account(&AccountDns {
+        handle: "bob".into(),
+        addresses: vec!["bob@sandbox.test".into()],
+        ..AccountDns::default()
+    });
+    zone
+}
+
+pub(super) fn alice() -> AccountDns {
+    AccountDns {
+        handle: "alice".into(),
+        addresses: vec!["alice@sandbox.test".into()],
+        cert: Some(b"not really a certificate".to_vec()),
+        dkim: vec!["v=DKIM1; k=ed25519; p=AAAA".into()],
+        acme: vec!["challenge-one".into()],
     }
 }
 
@@ -222,11 +248,13 @@ async fn handle_names_and_any() {
     let spf = udp(server.addr, "bob.sandbox.test.", RecordType::TXT).await;
     assert_eq!(txt_of(&spf.answers[0]), "v=spf1 ip4:127.0.0.1 -all");
 
-    // One level only, and no `_service` labels.
-    for missing in ["www.alice.sandbox.test.", "_mta-sts.sandbox.test."] {
+    // Only accounts that exist; no wildcard below them.
+    for missing in ["carol.sandbox.test.", "www.alice.sandbox.test."] {
         let nx = udp(server.addr, missing, RecordType::TXT).await;
         assert_eq!(nx.response_code, ResponseCode::NXDomain, "{missing}");
     }
+    let autoconfig = udp(server.addr, "autoconfig.alice.sandbox.test.", RecordType::A).await;
+    assert_eq!(autoconfig.answers.len(), 1);
 
     // RFC 8482: ANY gets one HINFO record.
     let any = udp(server.addr, "sandbox.test.", RecordType::ANY).await;
@@ -417,4 +445,84 @@ async fn dig_reads_the_mx() {
         String::from_utf8_lossy(&output.stdout).trim(),
         "10 mx.sandbox.test."
     );
+}
+
+#[tokio::test]
+async fn records_published_for_accounts_and_the_relay() {
+    let zone = sandbox_relay_zone();
+    let server = start(Arc::new(sandbox_relay_zone())).await;
+
+    let dkim = udp(
+        server.addr,
+        "alice._domainkey.sandbox.test.",
+        RecordType::TXT,
+    )
+    .await;
+    assert_eq!(txt_of(&dkim.answers[0]), "v=DKIM1; k=ed25519; p=AAAA");
+    let acme = udp(
+        server.addr,
+        "_acme-challenge.alice.sandbox.test.",
+        RecordType::TXT,
+    )
+    .await;
+    assert_eq!(txt_of(&acme.answers[0]), "challenge-one");
+    // bob has no node: no key, no DKIM, but his names exist.
+    let nx = udp(server.addr, "bob._domainkey.sandbox.test.", RecordType::TXT).await;
+    assert_eq!(nx.response_code, ResponseCode::NXDomain);
+
+    // RFC 7929 §3: SHA2-256 of the local part, 28 octets, hex.
+    let owner = zone
+        .read()
+        .openpgpkey_name("alice@sandbox.test")
+        .expect("an owner name");
+    assert_eq!(
+        owner.to_ascii(),
+        "2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db._openpgpkey.sandbox.test."
+    );
+    let key = udp(server.addr, &owner.to_ascii(), RecordType::OPENPGPKEY).await;
+    assert!(
+        matches!(&key.answers[..], [r] if matches!(&r.data, RData::OPENPGPKEY(k) if k.public_key == b"not really a certificate")),
+        "{:?}",
+        key.answers
+    );
+    // `_openpgpkey` and `_domainkey` are empty non-terminals.
+    let ent = udp(server.addr, "_openpgpkey.sandbox.test.", RecordType::TXT).await;
+    assert_eq!(
+        (ent.response_code, ent.answers.len()),
+        (ResponseCode::NoError, 0)
+    );
+
+    let sts = udp(server.addr, "_mta-sts.sandbox.test.", RecordType::TXT).await;
+    assert_eq!(txt_of(&sts.answers[0]), "v=STSv1; id=t1");
+    let tlsrpt = udp(server.addr, "_smtp._tls.sandbox.test.", RecordType::TXT).await;
+    assert_eq!(
+        txt_of(&tlsrpt.answers[0]),
+        "v=TLSRPTv1; rua=mailto:tlsrpt@sandbox.test"
+    );
+    let policy_host = udp(server.addr, "mta-sts.sandbox.test.", RecordType::A).await;
+    assert_eq!(policy_host.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn changes_bump_the_serial_and_are_answered_at_once() {
+    let zone = Arc::new(sandbox_relay_zone());
+    let server = start(zone.clone()).await;
+    let before = zone.serial();
+    // The same data again changes nothing.
+    zone.set_account(&alice());
+    assert_eq!(zone.serial(), before);
+
+    zone.set_account(&AccountDns {
+        handle: "carol".into(),
+        ..AccountDns::default()
+    });
+    assert!(zone.serial() > before);
+    let a = udp(server.addr, "carol.sandbox.test.", RecordType::A).await;
+    assert_eq!(a.answers.len(), 1);
+
+    zone.remove_account("carol");
+    let gone = udp(server.addr, "carol.sandbox.test.", RecordType::A).await;
+    assert_eq!(gone.response_code, ResponseCode::NXDomain);
+    let soa = udp(server.addr, "sandbox.test.", RecordType::SOA).await;
+    assert!(matches!(&soa.answers[0].data, RData::SOA(s) if s.serial > before + 1));
 }

@@ -1,14 +1,19 @@
-//! The relay's own zone, built in memory from a [`ZoneConfig`].
+//! The relay's zone as data: the fixed names built from a [`ZoneConfig`], and the
+//! names of every account (from the store's [`AccountDns`]), kept in canonical
+//! order (RFC 4034 §6.1) so that a name's descendants follow it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Bound;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::Query;
-use hickory_proto::rr::rdata::{HINFO, MX, NS, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{HINFO, MX, NS, OPENPGPKEY, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use sha2::{Digest, Sha256};
 
-use super::{Answer, ZoneSource};
+use super::Answer;
+use crate::store::AccountDns;
 
 /// Time to live of every record of the zone, in seconds.
 const TTL: u32 = 300;
@@ -16,14 +21,15 @@ const TTL: u32 = 300;
 const NEGATIVE_TTL: u32 = 300;
 /// Time to live of the HINFO that answers ANY queries (RFC 8482 §4.2).
 const ANY_TTL: u32 = 3600;
-/// SOA REFRESH, RETRY and EXPIRE (RFC 1035 §3.3.13); there are no secondaries yet.
+/// SOA REFRESH, RETRY and EXPIRE (RFC 1035 §3.3.13): what secondaries use when
+/// a NOTIFY is lost.
 const SOA_REFRESH: i32 = 3600;
 const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 1_209_600;
 /// The longest `<character-string>` in a TXT record (RFC 1035 §3.3).
 const MAX_CHARACTER_STRING: usize = 255;
 
-/// What the relay's zone holds.
+/// What the relay's zone holds besides its accounts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneConfig {
     /// The zone apex, e.g. `sandbox.test`.
@@ -40,6 +46,12 @@ pub struct ZoneConfig {
     pub spf: String,
     /// The DMARC policy published at `_dmarc.DOMAIN`, e.g. `v=DMARC1; p=reject`.
     pub dmarc: String,
+    /// The MTA-STS policy id published at `_mta-sts.DOMAIN` (RFC 8461 §3.1); it
+    /// must change whenever the policy served over HTTPS does.
+    pub mta_sts_id: String,
+    /// Where TLS reports go, published at `_smtp._tls.DOMAIN` (RFC 8460 §3),
+    /// e.g. `mailto:tlsrpt@sandbox.test`.
+    pub tlsrpt_rua: String,
     /// More A/AAAA names, absolute and inside the zone.
     pub extra_hosts: Vec<(String, IpAddr)>,
     /// The RFC 6186 services published for every `HANDLE.DOMAIN`, as
@@ -75,23 +87,29 @@ pub enum ZoneError {
     NoAddress,
 }
 
-/// The relay's zone: SOA, NS, MX, SPF, DMARC and addresses at fixed names, plus the
-/// one-level `*.DOMAIN` names of hosted accounts (`HANDLE.DOMAIN`).
+/// Every record of the zone, by owner name in canonical order.
+///
+/// A name with no records of its own but with names below it is an empty
+/// non-terminal: it answers NODATA, not NXDOMAIN (RFC 8020).
 #[derive(Debug, Clone)]
-pub struct RelayZone {
+pub struct ZoneData {
     origin: Name,
-    /// Every name of the zone (lower case, absolute) and its records. Empty non-terminals
-    /// are present with no records, so they answer NODATA, not NXDOMAIN (RFC 8020).
-    nodes: HashMap<Name, Vec<Record>>,
-    /// The records of `*.DOMAIN`, synthesized for `HANDLE.DOMAIN` (RFC 4592 §3.3).
-    handle: Vec<Record>,
+    /// Lower case, absolute names and their records.
+    nodes: BTreeMap<Name, Vec<Record>>,
+    /// The records each account added, so that a change replaces exactly them.
+    accounts: HashMap<String, Vec<Record>>,
+    /// What every account gets: the relay's addresses, the MX, SPF, services.
+    relay_ips: Vec<IpAddr>,
+    mx_host: Name,
+    spf: String,
     /// RFC 6186 services under every `HANDLE.DOMAIN` (lower-case labels).
     handle_services: Vec<(String, Option<u16>)>,
 }
 
-impl RelayZone {
-    /// Builds the zone. The SOA serial is the current Unix time (RFC 1982 arithmetic
-    /// makes its wrap in 2106 harmless).
+impl ZoneData {
+    /// The zone with its fixed names and no account. The SOA serial starts at
+    /// the current Unix time and grows by one with every change (RFC 1982
+    /// arithmetic makes its wrap in 2106 harmless).
     pub fn new(config: &ZoneConfig) -> Result<Self, ZoneError> {
         if config.ipv4.is_empty() && config.ipv6.is_empty() {
             return Err(ZoneError::NoAddress);
@@ -102,49 +120,65 @@ impl RelayZone {
                 .prepend_label(label)
                 .map_err(|e| bad(&config.domain, e))
         };
-        let (ns1, hostmaster, mta_sts) = (below("ns1")?, below("hostmaster")?, below("mta-sts")?);
-        let (dmarc, wildcard) = (below("_dmarc")?, below("*")?);
+        let ns1 = below("ns1")?;
         let mx_host = parse_name(&config.mx_host)?;
-
+        let relay_ips: Vec<IpAddr> = config
+            .ipv4
+            .iter()
+            .map(|ip| IpAddr::V4(*ip))
+            .chain(config.ipv6.iter().map(|ip| IpAddr::V6(*ip)))
+            .collect();
         let mut zone = Self {
             origin: origin.clone(),
-            nodes: HashMap::new(),
-            handle: Vec::new(),
+            nodes: BTreeMap::new(),
+            accounts: HashMap::new(),
+            relay_ips,
+            mx_host: mx_host.clone(),
+            spf: config.spf.clone(),
             handle_services: config
                 .handle_services
                 .iter()
                 .map(|(label, port)| (label.to_ascii_lowercase(), *port))
                 .collect(),
         };
-        let serial = unix_serial();
         let soa = SOA::new(
             ns1.clone(),
-            hostmaster,
-            serial,
+            below("hostmaster")?,
+            unix_serial(),
             SOA_REFRESH,
             SOA_RETRY,
             SOA_EXPIRE,
             NEGATIVE_TTL,
         );
-        zone.put(&origin, RData::SOA(soa));
-        zone.put(&origin, RData::NS(NS(ns1.clone())));
-        for owner in [&origin, &wildcard] {
-            zone.put(owner, RData::MX(MX::new(10, mx_host.clone())));
-            zone.put(owner, RData::TXT(txt(&config.spf)));
-        }
-        zone.put(&dmarc, RData::TXT(txt(&config.dmarc)));
-
-        let mut hosts = vec![origin.clone(), ns1, mta_sts, wildcard.clone()];
+        let mut records = vec![
+            record(&origin, RData::SOA(soa)),
+            record(&origin, RData::NS(NS(ns1.clone()))),
+            record(&origin, RData::MX(MX::new(10, mx_host.clone()))),
+            record(&origin, RData::TXT(txt(&config.spf))),
+            record(&below("_dmarc")?, RData::TXT(txt(&config.dmarc))),
+            record(
+                &below("_mta-sts")?,
+                RData::TXT(txt(&format!("v=STSv1; id={}", config.mta_sts_id))),
+            ),
+            record(
+                &below("_tls")?
+                    .prepend_label("_smtp")
+                    .map_err(|e| bad(&config.domain, e))?,
+                RData::TXT(txt(&format!("v=TLSRPTv1; rua={}", config.tlsrpt_rua))),
+            ),
+        ];
+        let mut hosts = vec![
+            origin.clone(),
+            ns1,
+            below("mta-sts")?,
+            below("autoconfig")?,
+            below("openpgpkey")?,
+        ];
         if origin.zone_of(&mx_host) {
             hosts.push(mx_host);
         }
         for host in &hosts {
-            for ip in &config.ipv4 {
-                zone.put(host, RData::A((*ip).into()));
-            }
-            for ip in &config.ipv6 {
-                zone.put(host, RData::AAAA((*ip).into()));
-            }
+            records.extend(zone.addresses(host));
         }
         for (name, ip) in &config.extra_hosts {
             let host = parse_name(name)?;
@@ -155,113 +189,238 @@ impl RelayZone {
                     zone,
                 });
             }
-            zone.put(&host, RData::from(*ip));
+            records.push(record(&host, RData::from(*ip)));
         }
-
-        // `*.DOMAIN` answers only through synthesis for names that do not exist
-        // (RFC 4592 §2.2.1), so it leaves the table of existing names.
-        zone.handle = zone.nodes.remove(&wildcard).unwrap_or_default();
+        for record in records {
+            zone.insert(record);
+        }
         Ok(zone)
+    }
+
+    /// The zone apex.
+    pub fn origin(&self) -> &Name {
+        &self.origin
     }
 
     /// The SOA serial of this zone.
     pub fn serial(&self) -> u32 {
-        self.nodes
-            .get(&self.origin)
-            .into_iter()
-            .flatten()
-            .find_map(|record| match &record.data {
-                RData::SOA(soa) => Some(soa.serial),
-                _ => None,
-            })
-            .unwrap_or_default()
+        self.soa().map(|soa| soa.serial).unwrap_or_default()
     }
 
-    /// Adds a record (once) and the empty non-terminals between its owner and the apex.
-    fn put(&mut self, owner: &Name, data: RData) {
-        let record = Record::from_rdata(owner.clone(), TTL, data);
-        let mut parent = record.name.base_name();
-        while self.origin.zone_of(&parent) && parent != self.origin {
-            self.nodes.entry(parent.clone()).or_default();
-            parent = parent.base_name();
+    fn soa(&self) -> Option<&SOA> {
+        self.nodes
+            .get(&self.origin)?
+            .iter()
+            .find_map(|record| match &record.data {
+                RData::SOA(soa) => Some(soa),
+                _ => None,
+            })
+    }
+
+    /// Puts an account's names in the zone, replacing what it had before, and
+    /// bumps the serial (unless nothing changed).
+    pub fn set_account(&mut self, account: &AccountDns) {
+        let records = self.account_records(account);
+        if self.accounts.get(&account.handle) == Some(&records) {
+            return;
         }
+        self.drop_account(&account.handle);
+        for record in &records {
+            self.insert(record.clone());
+        }
+        self.accounts.insert(account.handle.clone(), records);
+        self.bump_serial();
+    }
+
+    /// Takes an account's names out of the zone and bumps the serial.
+    pub fn remove_account(&mut self, handle: &str) {
+        if self.drop_account(handle) {
+            self.bump_serial();
+        }
+    }
+
+    /// The handles of the accounts in the zone.
+    pub fn handles(&self) -> impl Iterator<Item = &str> {
+        self.accounts.keys().map(String::as_str)
+    }
+
+    fn drop_account(&mut self, handle: &str) -> bool {
+        let Some(records) = self.accounts.remove(handle) else {
+            return false;
+        };
+        for record in records {
+            if let Some(at) = self.nodes.get_mut(&record.name) {
+                at.retain(|r| *r != record);
+                if at.is_empty() {
+                    self.nodes.remove(&record.name);
+                }
+            }
+        }
+        true
+    }
+
+    fn bump_serial(&mut self) {
+        let Some(records) = self.nodes.get_mut(&self.origin) else {
+            return;
+        };
+        for record in records {
+            if let RData::SOA(soa) = &mut record.data {
+                soa.serial = soa.serial.wrapping_add(1).max(unix_serial());
+            }
+        }
+    }
+
+    /// What the zone publishes for one account:
+    /// - `HANDLE.DOMAIN`: the relay's addresses (SNI passthrough to the node),
+    ///   MX and SPF, so that `ANYTHING@HANDLE.DOMAIN` is deliverable;
+    /// - `autoconfig.HANDLE.DOMAIN`: the relay's addresses (Thunderbird's lookup);
+    /// - `_SERVICE._tcp.HANDLE.DOMAIN`: RFC 6186 SRV records;
+    /// - `_acme-challenge.HANDLE.DOMAIN`: the node's DNS-01 values (RFC 8555 §8.4);
+    /// - `HANDLE._domainkey.DOMAIN`: the node's DKIM key (RFC 6376 §3.6.2);
+    /// - `HASH._openpgpkey.DOMAIN`: the node's certificate for each address of
+    ///   the zone's domain (RFC 7929 §3).
+    fn account_records(&self, account: &AccountDns) -> Vec<Record> {
+        let Ok(host) = self.origin.prepend_label(account.handle.as_str()) else {
+            return Vec::new();
+        };
+        let mut out = self.addresses(&host);
+        out.push(record(&host, RData::MX(MX::new(10, self.mx_host.clone()))));
+        out.push(record(&host, RData::TXT(txt(&self.spf))));
+        if let Ok(autoconfig) = host.prepend_label("autoconfig") {
+            out.extend(self.addresses(&autoconfig));
+        }
+        for (service, port) in &self.handle_services {
+            let Ok(owner) = host
+                .prepend_label("_tcp")
+                .and_then(|n| n.prepend_label(service.as_str()))
+            else {
+                continue;
+            };
+            let srv = match port {
+                Some(port) => SRV::new(0, 1, *port, host.clone()),
+                None => SRV::new(0, 0, 0, Name::root()),
+            };
+            out.push(record(&owner, RData::SRV(srv)));
+        }
+        if let Ok(acme) = host.prepend_label("_acme-challenge") {
+            out.extend(
+                account
+                    .acme
+                    .iter()
+                    .map(|value| record(&acme, RData::TXT(txt(value)))),
+            );
+        }
+        if let Ok(dkim) = self
+            .origin
+            .prepend_label("_domainkey")
+            .and_then(|n| n.prepend_label(account.handle.as_str()))
+        {
+            out.extend(
+                account
+                    .dkim
+                    .iter()
+                    .map(|value| record(&dkim, RData::TXT(txt(value)))),
+            );
+        }
+        if let Some(cert) = &account.cert {
+            for address in &account.addresses {
+                if let Some(owner) = self.openpgpkey_name(address) {
+                    out.push(record(
+                        &owner,
+                        RData::OPENPGPKEY(OPENPGPKEY::new(cert.clone())),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// `HASH._openpgpkey.DOMAIN` for an address of this zone's domain: the
+    /// SHA2-256 of the local part, truncated to 28 octets, in hex (RFC 7929 §3).
+    /// Local parts are lower-cased first, as the relay stores addresses.
+    pub fn openpgpkey_name(&self, address: &str) -> Option<Name> {
+        let (local, domain) = address.rsplit_once('@')?;
+        let mut domain = Name::from_utf8(domain).ok()?;
+        domain.set_fqdn(true);
+        if domain != self.origin {
+            return None;
+        }
+        let hash = Sha256::digest(local.to_lowercase().as_bytes());
+        self.origin
+            .prepend_label("_openpgpkey")
+            .and_then(|n| n.prepend_label(hex::encode(&hash[..28])))
+            .ok()
+    }
+
+    /// A and AAAA records of the relay at `host`.
+    fn addresses(&self, host: &Name) -> Vec<Record> {
+        self.relay_ips
+            .iter()
+            .map(|ip| record(host, RData::from(*ip)))
+            .collect()
+    }
+
+    fn insert(&mut self, record: Record) {
         let records = self.nodes.entry(record.name.clone()).or_default();
         if !records.contains(&record) {
             records.push(record);
         }
     }
 
-    /// Whether `name` is a per-account name `HANDLE.DOMAIN` that `*.DOMAIN` covers: one
-    /// label below the apex, and a host name label (letters, digits, hyphens; RFC 1123
-    /// §2.1), so that `_service` labels (RFC 8552) are not covered.
-    fn is_handle(&self, name: &Name) -> bool {
-        let depth = self.origin.iter().count() + 1;
-        if name.iter().count() != depth || !self.origin.zone_of(name) {
-            return false;
+    /// The records at `name` (lower case, absolute), or `None` if the name does
+    /// not exist; `Some(&[])` for an empty non-terminal.
+    pub fn node(&self, name: &Name) -> Option<&[Record]> {
+        if let Some(records) = self.nodes.get(name) {
+            return Some(records);
         }
-        name.iter()
-            .next()
-            .is_some_and(|label| is_host_label(label) || label == b"*")
+        // In canonical order every descendant of `name` comes right after it.
+        let (next, _) = self
+            .nodes
+            .range::<Name, _>((Bound::Excluded(name), Bound::Unbounded))
+            .next()?;
+        (name.zone_of(next) && self.origin.zone_of(name)).then_some(&[])
     }
 
-    /// The answer for a name below `HANDLE.DOMAIN`: `_SERVICE._tcp.HANDLE.DOMAIN`
-    /// holds the SRV record telling mail apps where that account's node is
-    /// reached (RFC 6186 §3; the relay passes the TLS connection through), and
-    /// `_tcp.HANDLE.DOMAIN` is an empty non-terminal. `None`: no such name.
-    fn handle_service(&self, name: &Name, query_type: RecordType) -> Option<Answer> {
-        let apex_depth = self.origin.iter().count();
-        let depth = name.iter().count();
-        if !(apex_depth + 2..=apex_depth + 3).contains(&depth) || self.handle_services.is_empty() {
-            return None;
-        }
-        let labels: Vec<&[u8]> = name.iter().collect();
-        let (proto, handle) = (
-            labels[depth - apex_depth - 2],
-            labels[depth - apex_depth - 1],
-        );
-        if !proto.eq_ignore_ascii_case(b"_tcp") || !is_host_label(handle) {
-            return None;
-        }
-        if depth == apex_depth + 2 {
-            return Some(Answer::NoData);
-        }
-        let service = String::from_utf8_lossy(labels[0]).to_ascii_lowercase();
-        let (_, port) = self.handle_services.iter().find(|(s, _)| *s == service)?;
-        let srv = match port {
-            Some(port) => SRV::new(0, 1, *port, name.trim_to(apex_depth + 1).to_lowercase()),
-            None => SRV::new(0, 0, 0, Name::root()),
-        };
-        let records = [Record::from_rdata(name.clone(), TTL, RData::SRV(srv))];
-        Some(select(&records, query_type, name))
+    /// Every record, in canonical order of owner names.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.nodes.values().flatten()
     }
-}
 
-impl ZoneSource for RelayZone {
-    fn answer(&self, query: &Query) -> Answer {
+    /// The owner names that exist (with records), in canonical order, starting
+    /// after `name` (for NSEC chains).
+    pub fn names_after<'a>(&'a self, name: &Name) -> impl Iterator<Item = &'a Name> + 'a {
+        self.nodes
+            .range::<Name, _>((Bound::Excluded(name), Bound::Unbounded))
+            .map(|(name, _)| name)
+    }
+
+    /// The owner names that exist, in reverse canonical order, ending before
+    /// or at `name` (for NSEC chains).
+    pub fn names_up_to<'a>(&'a self, name: &Name) -> impl Iterator<Item = &'a Name> + 'a {
+        self.nodes
+            .range::<Name, _>((Bound::Unbounded, Bound::Included(name)))
+            .rev()
+            .map(|(name, _)| name)
+    }
+
+    /// Answers one question (RFC 1034 §4.3.2, without delegations or aliases,
+    /// which this zone has none of). Names compare case-insensitively and
+    /// answers carry the query's own letter case (RFC 4343).
+    pub fn answer(&self, query: &Query) -> Answer {
         let mut name = query.name().clone();
         name.set_fqdn(true);
         if query.query_class() != DNSClass::IN || !self.origin.zone_of(&name) {
             return Answer::Refused;
         }
-        let records = match self.nodes.get(&name) {
-            Some(records) => records,
-            None if self.is_handle(&name) => &self.handle,
-            None => {
-                return self
-                    .handle_service(&name, query.query_type())
-                    .unwrap_or(Answer::NxDomain)
-            }
-        };
-        select(records, query.query_type(), &name)
-    }
-
-    fn origin(&self) -> &Name {
-        &self.origin
+        match self.node(&name.to_lowercase()) {
+            Some(records) => select(records, query.query_type(), &name),
+            None => Answer::NxDomain,
+        }
     }
 }
 
 /// The records of one type at a node, renamed to the query name (which carries the
-/// query's letter case and replaces `*` for synthesized answers).
+/// query's letter case).
 fn select(records: &[Record], query_type: RecordType, name: &Name) -> Answer {
     if records.is_empty() {
         return Answer::NoData;
@@ -285,6 +444,10 @@ fn select(records: &[Record], query_type: RecordType, name: &Name) -> Answer {
     } else {
         Answer::Records(found)
     }
+}
+
+fn record(owner: &Name, data: RData) -> Record {
+    Record::from_rdata(owner.to_lowercase(), TTL, data)
 }
 
 /// A TXT record holding `text`, split into `<character-string>`s of at most 255 bytes
@@ -312,17 +475,6 @@ fn bad(name: &str, reason: impl ToString) -> ZoneError {
     }
 }
 
-/// A letter-digit-hyphen label of 1 to 63 bytes, not starting or ending with a hyphen.
-fn is_host_label(label: &[u8]) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && label
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
-        && label.first() != Some(&b'-')
-        && label.last() != Some(&b'-')
-}
-
 /// The current Unix time, as a 32-bit serial number (RFC 1982).
 fn unix_serial() -> u32 {
     let seconds = SystemTime::now()
@@ -336,7 +488,7 @@ fn unix_serial() -> u32 {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
-    use super::RelayZone;
+    use super::ZoneData;
     use crate::dns::tests::sandbox_config;
 
     #[test]
@@ -345,12 +497,12 @@ mod tests {
         outside
             .extra_hosts
             .push(("www.example.com".into(), IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        let error = RelayZone::new(&outside).expect_err("out of zone");
+        let error = ZoneData::new(&outside).expect_err("out of zone");
         assert!(error.to_string().contains("www.example.com"), "{error}");
 
         let mut empty = sandbox_config();
         empty.ipv4.clear();
         empty.ipv6.clear();
-        assert!(RelayZone::new(&empty).is_err());
+        assert!(ZoneData::new(&empty).is_err());
     }
 }

@@ -18,23 +18,44 @@ use tracing::{info, warn};
 /// A certificate's stored bytes and its parsed form.
 type CachedCert = (Vec<u8>, Arc<Cert>);
 
+/// What decides which account an address reaches, besides the addresses
+/// table (see [`Store::route`]).
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// The relay's domain: `ANYTHING@HANDLE.DOMAIN` reaches HANDLE when it
+    /// allows aliases.
+    pub relay_domain: String,
+    /// The account that receives `postmaster@` and `abuse@` of every hosted
+    /// domain; without one, those addresses are refused.
+    pub operator: Option<String>,
+}
+
 pub struct Acceptor {
     pub store: Store,
     pub auth: Authenticator,
     pub hub: Arc<Hub>,
     pub hostname: String,
+    /// How recipient addresses map to accounts.
+    pub routing: Routing,
     /// Parsed certificates by account, checked against the stored bytes, so a
     /// certificate is parsed once, not for every message.
     certs: Mutex<HashMap<String, CachedCert>>,
 }
 
 impl Acceptor {
-    pub fn new(store: Store, auth: Authenticator, hub: Arc<Hub>, hostname: String) -> Self {
+    pub fn new(
+        store: Store,
+        auth: Authenticator,
+        hub: Arc<Hub>,
+        hostname: String,
+        routing: Routing,
+    ) -> Self {
         Acceptor {
             store,
             auth,
             hub,
             hostname,
+            routing,
             certs: Mutex::new(HashMap::new()),
         }
     }
@@ -59,7 +80,15 @@ impl Acceptor {
 
     /// RCPT TO: hosted, linked, and not over quota.
     pub async fn check_recipient(&self, address: &Address) -> RcptVerdict {
-        match self.store.recipient(&address.canonical()).await {
+        let routed = self
+            .store
+            .route(
+                &address.canonical(),
+                &self.routing.relay_domain,
+                self.routing.operator.as_deref(),
+            )
+            .await;
+        match routed {
             Ok(None) => RcptVerdict::Unknown,
             Ok(Some(r)) if r.cert.is_none() => RcptVerdict::NotActive,
             Ok(Some(r)) if r.spooled_bytes >= r.quota_bytes => RcptVerdict::OverQuota,

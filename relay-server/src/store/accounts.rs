@@ -35,7 +35,9 @@ impl Store {
             .bind(handle)
             .execute(&mut *tx)
             .await?;
+        super::dns::bump_zone_version(&mut tx).await?;
         tx.commit().await?;
+        self.dns_changed(handle);
         Ok(())
     }
 
@@ -107,7 +109,9 @@ impl Store {
             .bind(now())
             .execute(&mut *tx)
             .await?;
+        super::dns::bump_zone_version(&mut tx).await?;
         tx.commit().await?;
+        self.dns_changed(&handle);
         Ok(Ok(handle))
     }
 

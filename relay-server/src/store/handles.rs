@@ -1,5 +1,6 @@
 //! Handles as signups see them: look-alike skeletons, creating an account only
-//! when no look-alike exists, and the aliases switch.
+//! when no look-alike exists, and the aliases switch's state (the switch,
+//! `set_aliases`, is in `domains`).
 
 use super::{now, Store, StoreError};
 use crate::accounts::handle::{skeleton, Handle};
@@ -80,20 +81,9 @@ impl Store {
             .bind(handle.as_str())
             .execute(&mut *tx)
             .await?;
+        super::dns::bump_zone_version(&mut tx).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// Turns `ANYTHING@HANDLE.DOMAIN` on or off for an account.
-    pub async fn set_aliases(&self, handle: &str, on: bool) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE accounts SET aliases = $1 WHERE handle = $2")
-            .bind(i64::from(on))
-            .bind(handle)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NoAccount(handle.to_string()));
-        }
+        self.dns_changed(handle.as_str());
         Ok(())
     }
 

@@ -27,6 +27,10 @@ pub enum StoreError {
         "{handle:?} looks too much like the existing account {existing:?}: choose another handle"
     )]
     LookAlike { handle: String, existing: String },
+    #[error("the domain {0:?} is already linked to an account; remove it there first")]
+    DomainTaken(String),
+    #[error("no domain {0:?} on this relay")]
+    NoDomain(String),
     #[error("spool write failed: {0}")]
     Batch(String),
     #[error("the spool writer has stopped")]
@@ -68,13 +72,20 @@ pub struct SpoolEntry {
 }
 
 mod accounts;
+mod dns;
+mod domains;
 mod handles;
 mod spool;
+
+pub use dns::{AccountDns, RecordKind};
+pub use domains::{Domain, DomainState, OPERATOR_LOCAL_PARTS};
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     writer: mpsc::Sender<WriteOp>,
+    /// Handles whose DNS data changed (see [`Store::dns_changes`]).
+    dns_changes: tokio::sync::broadcast::Sender<String>,
 }
 
 /// A spool write waiting for the writer task.
@@ -140,7 +151,12 @@ impl Store {
         if is_sqlite {
             tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
         }
-        let store = Store { pool, writer };
+        let (dns_changes, _) = tokio::sync::broadcast::channel(1024);
+        let store = Store {
+            pool,
+            writer,
+            dns_changes,
+        };
         store.fill_skeletons().await?;
         Ok(store)
     }

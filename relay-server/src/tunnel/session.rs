@@ -1,11 +1,12 @@
 //! One node's tunnel session on the relay.
 
 use super::Hub;
-use crate::store::{LinkRefusal, SpoolEntry, Store};
+use crate::store::{LinkRefusal, RecordKind, SpoolEntry, Store};
 use omb_shared::identity::verify_challenge;
 use omb_shared::pgp;
 use omb_shared::protocol::{
-    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION,
+    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PublishKind,
+    PROTOCOL_VERSION,
 };
 use omb_shared::transport::quic::{accept_stream, QuicListener};
 use omb_shared::transport::{ConnectionHandle, TunnelStream};
@@ -253,6 +254,10 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         match frame {
                             Some(Ok(Frame::Ack { .. })) | Some(Ok(Frame::Pong { .. })) => {}
                             Some(Ok(Frame::Ping { nonce })) => write_frame(&mut send, &Frame::Pong { nonce }).await.map_err(|e| e.to_string())?,
+                            Some(Ok(Frame::Publish { kind, values })) => {
+                                let error = publish(&ctx.store, &handle, kind, &values).await.err();
+                                write_frame(&mut send, &Frame::Published { kind, error }).await.map_err(|e| e.to_string())?;
+                            }
                             Some(Ok(other)) => return Err(format!("unexpected frame {}", frame_name(&other))),
                             Some(Err(ProtocolError::Closed)) | None => return Ok(()),
                             Some(Err(e)) => return Err(e.to_string()),
@@ -333,6 +338,30 @@ async fn send_delivery<W: AsyncWrite + Unpin>(send: &mut W, e: SpoolEntry) -> Re
     Ok(())
 }
 
+/// Publishes a node's DNS records in its account's names (the zone follows at
+/// once). The error is told to the node.
+async fn publish(
+    store: &Store,
+    handle: &str,
+    kind: PublishKind,
+    values: &[String],
+) -> Result<(), String> {
+    kind.check(values)?;
+    let stored = match kind {
+        PublishKind::Dkim => RecordKind::Dkim,
+        PublishKind::AcmeChallenge => RecordKind::Acme,
+    };
+    store
+        .set_account_records(handle, stored, values)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, %handle, "cannot publish a node's DNS records");
+            "the relay could not store the records; try again".to_string()
+        })?;
+    info!(%handle, ?kind, count = values.len(), "node published DNS records");
+    Ok(())
+}
+
 fn frame_name(f: &Frame) -> &'static str {
     match f {
         Frame::Hello { .. } => "Hello",
@@ -345,5 +374,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Ack { .. } => "Ack",
         Frame::Ping { .. } => "Ping",
         Frame::Pong { .. } => "Pong",
+        Frame::Publish { .. } => "Publish",
+        Frame::Published { .. } => "Published",
     }
 }

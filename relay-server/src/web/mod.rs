@@ -1,6 +1,7 @@
 //! The relay's web front (HTTP, axum): mail-app auto-configuration
-//! (`autoconfig`), the accounts API with its abuse limits (`api`), the Web Key
-//! Directory (`wkd`) and the MTA-STS policy (`mta_sts`).
+//! (`autoconfig`), the accounts API with its abuse limits (`api`), custom
+//! domains (`domains`), the Web Key Directory (`wkd`) and the MTA-STS policy
+//! (`mta_sts`).
 //!
 //! WKD and MTA-STS must be fetched over HTTPS (draft-koch-openpgp-webkey-service
 //! section 3.1, RFC 8461 section 3.3): the relay speaks plain HTTP, so put a TLS
@@ -9,14 +10,17 @@
 
 mod api;
 mod autoconfig;
+mod domains;
 mod mta_sts;
 pub mod wkd;
 
 pub use autoconfig::ClientSettings;
+pub use domains::check_domain_name;
 
 use crate::accounts::limit::SignupLimiter;
 use crate::accounts::pow::Pow;
 use crate::config::MtaStsConfig;
+use crate::domains::Domains;
 use crate::store::Store;
 use axum::http::{HeaderMap, Uri};
 use axum::Router;
@@ -29,6 +33,7 @@ pub struct WebContext {
     pub clients: ClientSettings,
     pub signup: Signup,
     pub mta_sts: MtaStsPolicy,
+    pub domains: Domains,
 }
 
 /// What creating an account needs.
@@ -61,6 +66,7 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
         .merge(api::routes())
         .merge(wkd::routes())
         .merge(mta_sts::routes())
+        .merge(domains::routes())
         .with_state(ctx)
 }
 

@@ -1,0 +1,256 @@
+//! A user's own domain, end to end: the API says what to publish, a real Knot
+//! serves the user's zone, verification reports each record precisely, mail
+//! for the domain is accepted only while it is verified, and the domain moves
+//! to another relay.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use omb_tests::harness::{free_port, have_tool, relay_with_alice, swaks, wait_until, TestDir};
+use omb_tests::http::{request, Response};
+use omb_tests::knot::Knot;
+use serde_json::{json, Value};
+
+const DOMAIN: &str = "example.org";
+
+/// A relay's web front and an account's API token.
+struct Api {
+    http: SocketAddr,
+    token: String,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        request(self.http, method, "relay", path, &[&auth], body)
+    }
+
+    fn verify(&self) -> Value {
+        let r = self.call("POST", &format!("/api/v1/domains/{DOMAIN}/verify"), None);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+
+    fn state(&self) -> String {
+        let r = self.call("GET", &format!("/api/v1/domains/{DOMAIN}"), None);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["state"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// The check of one record in a verify report, by type and name.
+fn check<'a>(report: &'a Value, rtype: &str, name: &str, value_start: &str) -> &'a Value {
+    report["records"]
+        .as_array()
+        .and_then(|all| {
+            all.iter().find(|r| {
+                r["type"] == rtype
+                    && r["name"] == name
+                    && r["value"]
+                        .as_str()
+                        .is_some_and(|v| v.starts_with(value_start))
+            })
+        })
+        .unwrap_or_else(|| panic!("no {rtype} {name} {value_start}… in {report:#}"))
+}
+
+/// The API's records as zone-file lines.
+fn zone_lines(records: &Value) -> String {
+    let mut out = String::new();
+    for r in records.as_array().expect("records") {
+        let (name, rtype, value) = (
+            r["name"].as_str().unwrap_or_default(),
+            r["type"].as_str().unwrap_or_default(),
+            r["value"].as_str().unwrap_or_default(),
+        );
+        let value = if rtype == "TXT" {
+            format!("\"{value}\"")
+        } else {
+            value.to_string()
+        };
+        out.push_str(&format!("{name}. {rtype} {value}\n"));
+    }
+    out
+}
+
+fn relay_extra(http: SocketAddr, knot: SocketAddr) -> String {
+    format!(
+        "[accounts]\noperator = \"alice\"\n\n[domains]\nresolver = \"{knot}\"\nrecheck_secs = 1\n\n[http]\nlisten = \"{http}\"\n"
+    )
+}
+
+/// The reply code swaks got to `RCPT TO:<to>` (the session stops there).
+fn rcpt_code(smtp: SocketAddr, to: &str) -> String {
+    let out = std::process::Command::new("swaks")
+        .args(["--server", &smtp.to_string(), "--to", to])
+        .args(["--from", "sender@example.net", "--quit-after", "RCPT"])
+        .output()
+        .expect("run swaks");
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after_rcpt = transcript
+        .split_once("RCPT TO:")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    after_rcpt
+        .lines()
+        .find_map(|l| {
+            let l = l.trim_start_matches(['<', '*', '~', '-', ' ']);
+            (l.len() >= 3 && l[..3].bytes().all(|b| b.is_ascii_digit())).then(|| l[..3].to_string())
+        })
+        .unwrap_or_else(|| panic!("no RCPT reply in:\n{transcript}"))
+}
+
+#[test]
+fn a_custom_domain_is_verified_receives_mail_is_suspended_and_moves() {
+    if !have_tool("swaks") || !Knot::available() {
+        return;
+    }
+    let dir = TestDir::new("custom-domain");
+    let mut knot = Knot::start(
+        &dir.path().join("knot"),
+        DOMAIN,
+        "@ MX 10 mail.example.org.\n@ TXT \"v=spf1 -all\"\n",
+    );
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (_relay_dir, relay, node) =
+        relay_with_alice("custom-domain-a", &relay_extra(http, knot.addr));
+    let api = Api {
+        http,
+        token: relay.api_token("alice"),
+    };
+
+    // No token, no access.
+    let anonymous = request(http, "GET", "relay", "/api/v1/domains", &[], None);
+    assert_eq!(anonymous.status, 401);
+
+    let added = api.call(
+        "POST",
+        "/api/v1/domains",
+        Some(&json!({"domain": "Example.ORG"})),
+    );
+    assert_eq!(
+        added.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    let added = added.json();
+    assert_eq!(added["state"], "pending");
+    let records = added["records"].clone();
+    let verify_txt = check(&added, "TXT", DOMAIN, "omb-verify=")["value"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_eq!(
+        check(&added, "MX", DOMAIN, "10 ")["value"],
+        "10 mx.sandbox.test."
+    );
+    assert_eq!(
+        check(&added, "CNAME", "omb._domainkey.example.org", "")["value"],
+        "alice._domainkey.sandbox.test."
+    );
+    // Nobody else can take it.
+    let again = api.call("POST", "/api/v1/domains", Some(&json!({"domain": DOMAIN})));
+    assert_eq!(again.status, 409);
+
+    // Pending: mail is refused.
+    assert_eq!(rcpt_code(relay.smtp, "someone@example.org"), "550");
+
+    // The zone as the user has it: each record's state, precisely.
+    let report = api.verify();
+    assert_eq!(report["state"], "pending", "{report:#}");
+    let txt = check(&report, "TXT", DOMAIN, "omb-verify=");
+    assert_eq!(txt["status"], "missing", "{txt:#}");
+    let mx = check(&report, "MX", DOMAIN, "10 ");
+    assert_eq!(mx["status"], "wrong", "{mx:#}");
+    assert_eq!(mx["found"], json!(["10 mail.example.org."]));
+    let spf = check(&report, "TXT", DOMAIN, "v=spf1");
+    assert_eq!(spf["status"], "wrong", "{spf:#}");
+    assert_eq!(spf["found"], json!(["v=spf1 -all"]));
+    assert_eq!(
+        check(&report, "CNAME", "omb._domainkey.example.org", "")["status"],
+        "missing"
+    );
+    assert_eq!(
+        check(&report, "TXT", "_dmarc.example.org", "v=DMARC1")["status"],
+        "missing"
+    );
+
+    // The user publishes exactly what the API said.
+    knot.set_records(&zone_lines(&records));
+    let report = api.verify();
+    assert_eq!(report["state"], "verified", "{report:#}");
+    for r in report["records"].as_array().expect("records") {
+        assert_eq!(r["status"], "ok", "{r:#}");
+    }
+
+    // Verified: mail for any address of the domain reaches alice's node;
+    // postmaster@ reaches the operator (alice here too).
+    let before = node.uids().len();
+    let transcript = swaks(
+        relay.smtp,
+        "someone@example.org",
+        "hello custom domain\n",
+        &[],
+    );
+    assert!(transcript.contains("250 2.0.0"), "{transcript}");
+    wait_until(
+        Duration::from_secs(10),
+        "the message in alice's store",
+        || node.uids().len() == before + 1,
+    );
+    assert_eq!(rcpt_code(relay.smtp, "postmaster@example.org"), "250");
+
+    // The records disappear: the periodic re-check suspends the domain.
+    knot.set_records("@ TXT \"v=spf1 -all\"\n");
+    wait_until(
+        Duration::from_secs(10),
+        "the domain to be suspended",
+        || api.state() == "suspended",
+    );
+    assert_eq!(rcpt_code(relay.smtp, "someone@example.org"), "550");
+    // They come back: so does the domain.
+    knot.set_records(&zone_lines(&records));
+    wait_until(
+        Duration::from_secs(10),
+        "the domain to be verified again",
+        || api.state() == "verified",
+    );
+
+    // Moving to another relay, as ops/custom-domains.md says: add it there,
+    // point the records there, verify there, then remove it here.
+    let http_b = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (_dir_b, relay_b, node_b) =
+        relay_with_alice("custom-domain-b", &relay_extra(http_b, knot.addr));
+    let api_b = Api {
+        http: http_b,
+        token: relay_b.api_token("alice"),
+    };
+    let added_b = api_b.call("POST", "/api/v1/domains", Some(&json!({"domain": DOMAIN})));
+    assert_eq!(added_b.status, 201);
+    let added_b = added_b.json();
+    let new_txt = check(&added_b, "TXT", DOMAIN, "omb-verify=")["value"].clone();
+    assert_ne!(new_txt, json!(verify_txt), "each relay has its own token");
+    // Still the old relay's token in the zone: reported wrong, not verified.
+    let report = api_b.verify();
+    assert_eq!(
+        check(&report, "TXT", DOMAIN, "omb-verify=")["status"],
+        "wrong"
+    );
+    knot.set_records(&zone_lines(&added_b["records"]));
+    assert_eq!(api_b.verify()["state"], "verified");
+    let before_b = node_b.uids().len();
+    let transcript = swaks(relay_b.smtp, "someone@example.org", "after the move\n", &[]);
+    assert!(transcript.contains("250 2.0.0"), "{transcript}");
+    wait_until(
+        Duration::from_secs(10),
+        "the message at the new relay's node",
+        || node_b.uids().len() == before_b + 1,
+    );
+
+    // Removed here: refused at once.
+    let removed = api.call("DELETE", &format!("/api/v1/domains/{DOMAIN}"), None);
+    assert_eq!(removed.status, 204);
+    assert_eq!(rcpt_code(relay.smtp, "someone@example.org"), "550");
+    assert_eq!(rcpt_code(relay_b.smtp, "someone@example.org"), "250");
+}
