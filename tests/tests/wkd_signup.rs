@@ -5,6 +5,7 @@
 //!   method, and GnuPG imports it with the fingerprint of alice's node; the
 //!   `policy` file is served at both places;
 //! - a signup client solves the relay's proof of work and creates `carol`;
+//!   the relay's DNS answers for `carol.sandbox.test` within a second, and
 //!   the MX knows carol at once (450 "not active yet", not 550), a home node
 //!   links with the token and pin the API returned, and then mail to carol is
 //!   accepted with 250 and reaches her node.
@@ -103,6 +104,30 @@ fn gnupg_imports_alices_key_fetched_by_wkd() {
     assert_eq!(got["status"], 404, "{got}");
 }
 
+/// `dig +short A NAME` at the relay's DNS (`IP:PORT`).
+fn dig_a(dns: &str, name: &str) -> Vec<String> {
+    let (ip, port) = dns.rsplit_once(':').expect("relay.dns is IP:PORT");
+    let out = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            "+short",
+            "+time=2",
+            "+tries=1",
+            "A",
+            name,
+        ])
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .map(str::to_string)
+        .collect()
+}
+
 /// swaks to `to` up to RCPT only; its transcript.
 fn rcpt_only(smtp: &str, to: &str) -> String {
     let out = Command::new("swaks")
@@ -145,14 +170,34 @@ fn an_account_signed_up_through_the_api_receives_mail_once_linked() {
     let http = sandbox.relay("http");
     let smtp = sandbox.relay("smtp");
 
-    // Before signup, carol is unknown to the MX.
+    // Before signup, carol is unknown to the MX and to the DNS.
     assert_eq!(rcpt_code(&rcpt_only(&smtp, "carol@sandbox.test")), "550");
+    let dns = sandbox.relay("dns");
+    let check_dns = have_tool("dig");
+    if check_dns {
+        assert_eq!(dig_a(&dns, "carol.sandbox.test"), Vec::<String>::new());
+    }
 
     let created = client(
         "signup",
         serde_json::json!({"http": http, "handle": "Carol"}),
     );
     assert_eq!(created["status"], 201, "{created}");
+    let created_at = std::time::Instant::now();
+    if check_dns {
+        // The relay's DNS answers for the new account within a second.
+        let mut answer = dig_a(&dns, "carol.sandbox.test");
+        while answer.is_empty() && created_at.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(20));
+            answer = dig_a(&dns, "carol.sandbox.test");
+        }
+        assert_eq!(
+            answer,
+            ["127.0.0.1"],
+            "carol.sandbox.test A, {:?} after signup",
+            created_at.elapsed()
+        );
+    }
     let body = &created["body"];
     assert_eq!(body["address"], "carol@sandbox.test", "{body}");
     let token = body["link_token"].as_str().expect("link_token");
