@@ -52,6 +52,12 @@ async fn an_account_is_created_and_can_be_linked(url: String) {
         .await
         .expect("link_node");
     assert_eq!(linked, Ok("carol".to_string()), "the token links carol");
+    let api_token = body["api_token"].as_str().expect("api_token");
+    assert_eq!(
+        store.api_token_account(api_token).await.expect("api token"),
+        Some("carol".to_string()),
+        "the API token is carol's"
+    );
 }
 
 async fn taken_handles_are_refused_and_keep_the_proof_of_work(url: String) {

@@ -3,7 +3,8 @@
 //! - `GET /api/v1/pow`: a proof-of-work challenge (see `accounts::pow`);
 //! - `POST /api/v1/accounts` `{"handle": "...", "pow": {"challenge": "...",
 //!   "nonce": "..."}}`: creates the account; `201` with its address and what a
-//!   home node needs to link (`link_token`, `tunnel`, `tunnel_pin`).
+//!   home node needs to link (`link_token`, `tunnel`, `tunnel_pin`) and an
+//!   `api_token` for the custom-domain API (`web::domains`).
 //!
 //! Errors are `{"error": "what went wrong and what to do", "code": "..."}`:
 //! `400` for a malformed request or proof of work, `409` for a handle that is
@@ -51,6 +52,8 @@ struct Created {
     link_token: String,
     tunnel: String,
     tunnel_pin: String,
+    /// For the custom-domain API (`Authorization: Bearer …`).
+    api_token: String,
 }
 
 /// A JSON error reply.
@@ -160,6 +163,10 @@ async fn create(
         Ok(t) => t,
         Err(e) => return internal(&e),
     };
+    let api_token = match ctx.store.create_api_token(handle.as_str()).await {
+        Ok(t) => t,
+        Err(e) => return internal(&e),
+    };
     tracing::info!(%handle, %client, "account created through the API");
     let created = Created {
         address: format!("{handle}@{}", signup.domain),
@@ -168,6 +175,7 @@ async fn create(
         link_token,
         tunnel: signup.tunnel.clone(),
         tunnel_pin: signup.tunnel_pin.clone(),
+        api_token,
     };
     let mut response = (StatusCode::CREATED, Json(created)).into_response();
     response
