@@ -32,6 +32,8 @@ pub struct RelayConfig {
     #[serde(default)]
     pub passthrough: PassthroughConfig,
     #[serde(default)]
+    pub mta_sts: MtaStsConfig,
+    #[serde(default)]
     pub domains: DomainsConfig,
 }
 
@@ -40,6 +42,9 @@ pub struct RelayConfig {
 pub struct HttpConfig {
     /// Where the web front listens (HTTP), e.g. `0.0.0.0:80`; none when unset.
     pub listen: Option<SocketAddr>,
+    /// Reverse proxies (e.g. the TLS front) whose `X-Forwarded-For` names the
+    /// client; requests from anywhere else count by their own address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +148,15 @@ impl DnsConfig {
 pub struct AccountsConfig {
     /// Bytes of mail an account may have waiting in the spool; `452` beyond.
     pub quota_bytes: i64,
+    /// Leading zero bits a signup's proof of work must reach: each bit doubles
+    /// the client's work (18: about 260,000 SHA-256 on average, ~1 s in a browser).
+    pub pow_difficulty: u8,
+    /// Seconds a proof-of-work challenge stays valid after it is issued.
+    pub pow_ttl_secs: u64,
+    /// Signups one client (an IPv4 address, an IPv6 /64) may attempt per
+    /// `signup_window_secs`; 0 turns the limit off.
+    pub signups_per_ip: u32,
+    pub signup_window_secs: u64,
     /// The account (handle) that receives `postmaster@` and `abuse@` of every
     /// hosted domain (RFC 5321 §4.5.1, RFC 2142); refused when unset.
     pub operator: Option<String>,
@@ -152,7 +166,50 @@ impl Default for AccountsConfig {
     fn default() -> Self {
         AccountsConfig {
             quota_bytes: 1024 * 1024 * 1024,
+            pow_difficulty: 18,
+            pow_ttl_secs: 600,
+            signups_per_ip: 5,
+            signup_window_secs: 3600,
             operator: None,
+        }
+    }
+}
+
+/// The MTA-STS policy (RFC 8461) served at `mta-sts.DOMAIN/.well-known/mta-sts.txt`
+/// for the relay's domain and every verified custom domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaStsConfig {
+    /// `enforce`, `testing` (the default, until the MX has a certificate from a
+    /// public CA) or `none` (RFC 8461 section 5).
+    pub mode: MtaStsMode,
+    /// Seconds senders may cache the policy (RFC 8461 section 3.2; at most 31557600).
+    pub max_age_secs: u64,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            mode: MtaStsMode::Testing,
+            max_age_secs: 604_800,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtaStsMode {
+    Enforce,
+    Testing,
+    None,
+}
+
+impl MtaStsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtaStsMode::Enforce => "enforce",
+            MtaStsMode::Testing => "testing",
+            MtaStsMode::None => "none",
         }
     }
 }
@@ -237,5 +294,31 @@ impl RelayConfig {
         } else {
             self.database.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ops/relay.example.toml` is the operators' manual: it must parse, and
+    /// the values it shows must be the defaults.
+    #[test]
+    fn the_example_configuration_shows_the_defaults() {
+        let example: RelayConfig = toml::from_str(include_str!("../../ops/relay.example.toml"))
+            .unwrap_or_else(|e| panic!("ops/relay.example.toml: {e}"));
+        let (a, d) = (&example.accounts, AccountsConfig::default());
+        assert_eq!(a.quota_bytes, d.quota_bytes);
+        assert_eq!(a.pow_difficulty, d.pow_difficulty);
+        assert_eq!(a.pow_ttl_secs, d.pow_ttl_secs);
+        assert_eq!(a.signups_per_ip, d.signups_per_ip);
+        assert_eq!(a.signup_window_secs, d.signup_window_secs);
+        let (m, d) = (&example.mta_sts, MtaStsConfig::default());
+        assert_eq!(m.mode, d.mode);
+        assert_eq!(m.max_age_secs, d.max_age_secs);
+        let mode: MtaStsConfig =
+            toml::from_str("mode = \"testing\"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mode.mode.as_str(), "testing");
+        assert!(toml::from_str::<MtaStsConfig>("mode = \"strict\"").is_err());
     }
 }

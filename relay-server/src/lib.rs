@@ -2,6 +2,7 @@
 //! owner's OpenPGP certificate before it touches disk (spool), and forwards it over
 //! the tunnel to the owner's home node.
 
+pub mod accounts;
 pub mod auth;
 pub mod config;
 pub mod dns;

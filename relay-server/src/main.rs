@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use omb_relay::accounts::Handle;
 use omb_relay::config::RelayConfig;
 use std::path::PathBuf;
 
@@ -65,8 +66,16 @@ enum DomainCommand {
 
 #[derive(Subcommand)]
 enum AccountCommand {
-    /// Creates an account HANDLE (address HANDLE@DOMAIN) and prints its one-time link token.
-    Add { handle: String },
+    /// Creates an account HANDLE (address HANDLE@DOMAIN) and prints its one-time
+    /// link token. The handle rules of signups apply (3 to 32 letters, digits
+    /// and inner hyphens; not reserved; no look-alike of an existing handle).
+    Add {
+        handle: String,
+        /// Allows a reserved handle (postmaster, abuse, …) or a look-alike of an
+        /// existing one; the syntax rules still apply.
+        #[arg(long)]
+        force: bool,
+    },
     /// Issues a new one-time link token for an existing account (to link a new node).
     LinkToken { handle: String },
     /// Issues an API token for the account (for the custom-domain API).
@@ -74,6 +83,14 @@ enum AccountCommand {
     /// Creates the accounts named in FILE (one handle per line) in one
     /// transaction, skipping those that exist.
     Import { file: PathBuf },
+    /// Turns ANYTHING@HANDLE.DOMAIN on or off for an account.
+    Aliases { handle: String, state: OnOff },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[tokio::main]
@@ -92,47 +109,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Account { command } => {
             let store = omb_relay::server::open_store(&config).await?;
-            let handle = match &command {
-                AccountCommand::Add { handle }
-                | AccountCommand::LinkToken { handle }
-                | AccountCommand::ApiToken { handle } => handle.to_lowercase(),
-                AccountCommand::Import { file } => {
-                    let text = std::fs::read_to_string(file)
-                        .with_context(|| format!("cannot read {}", file.display()))?;
-                    let accounts: Vec<_> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(|h| omb_relay::store::ImportedAccount {
-                            handle: h.to_lowercase(),
-                            node: None,
-                        })
-                        .collect();
-                    let created = store
-                        .import_accounts(&config.domain, config.accounts.quota_bytes, &accounts)
-                        .await?;
-                    println!("created {created} of {} accounts", accounts.len());
-                    store.close().await;
-                    return Ok(());
-                }
-            };
-            if let AccountCommand::ApiToken { .. } = command {
-                println!("api_token: {}", store.create_api_token(&handle).await?);
-                store.close().await;
-                return Ok(());
-            }
-            if let AccountCommand::Add { .. } = command {
-                store
-                    .create_account(&handle, &config.domain, config.accounts.quota_bytes)
-                    .await
-                    .context("cannot create the account")?;
-            }
-            let token = store.create_link_token(&handle).await?;
-            println!("account: {handle}@{}", config.domain);
-            println!("link_token: {token}");
-            println!("tunnel_pin: {}", omb_relay::server::tunnel_pin(&config)?);
+            let result = account(&config, &store, command).await;
             store.close().await;
-            Ok(())
+            result
         }
         Command::Domain { command } => domain_command(&config, command).await,
         Command::Dns {
@@ -174,6 +153,87 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn account(
+    config: &RelayConfig,
+    store: &omb_relay::store::Store,
+    command: AccountCommand,
+) -> anyhow::Result<()> {
+    match command {
+        AccountCommand::Add { handle, force } => {
+            let handle = if force {
+                Handle::parse(&handle)
+            } else {
+                Handle::parse_for_signup(&handle)
+            }
+            .context("this handle cannot be used")?;
+            store
+                .create_account_checked(&handle, &config.domain, config.accounts.quota_bytes, force)
+                .await
+                .context("cannot create the account")?;
+            print_link(config, store, handle.as_str()).await
+        }
+        AccountCommand::LinkToken { handle } => {
+            print_link(config, store, &handle.to_ascii_lowercase()).await
+        }
+        AccountCommand::ApiToken { handle } => {
+            let token = store.create_api_token(&handle.to_ascii_lowercase()).await?;
+            println!("api_token: {token}");
+            Ok(())
+        }
+        AccountCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let mut accounts = Vec::new();
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                // The syntax rules hold; reserved names and look-alikes are the
+                // operator's call, as with `account add --force`.
+                let handle = Handle::parse(line).with_context(|| {
+                    format!("{line:?} in {} cannot be a handle", file.display())
+                })?;
+                accounts.push(omb_relay::store::ImportedAccount {
+                    handle: handle.as_str().to_string(),
+                    node: None,
+                });
+            }
+            let created = store
+                .import_accounts(&config.domain, config.accounts.quota_bytes, &accounts)
+                .await?;
+            println!("created {created} of {} accounts", accounts.len());
+            Ok(())
+        }
+        AccountCommand::Aliases { handle, state } => {
+            let handle = handle.to_ascii_lowercase();
+            let on = matches!(state, OnOff::On);
+            store
+                .set_aliases(&handle, on)
+                .await
+                .context("cannot change the aliases")?;
+            println!(
+                "aliases: ANYTHING@{handle}.{} {}",
+                config.domain,
+                if on { "on" } else { "off" }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Prints a new link token for `handle`, with what a node needs beside it.
+async fn print_link(
+    config: &RelayConfig,
+    store: &omb_relay::store::Store,
+    handle: &str,
+) -> anyhow::Result<()> {
+    let token = store.create_link_token(handle).await?;
+    println!("account: {handle}@{}", config.domain);
+    println!("link_token: {token}");
+    println!("tunnel_pin: {}", omb_relay::server::tunnel_pin(config)?);
+    Ok(())
 }
 
 async fn domain_command(config: &RelayConfig, command: DomainCommand) -> anyhow::Result<()> {

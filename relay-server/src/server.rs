@@ -1,5 +1,7 @@
 //! Starts every part of the relay from its configuration.
 
+use crate::accounts::limit::SignupLimiter;
+use crate::accounts::pow::Pow;
 use crate::auth::Authenticator;
 use crate::config::RelayConfig;
 use crate::dns::{
@@ -11,13 +13,14 @@ use crate::mx::MxServer;
 use crate::passthrough::PassthroughServer;
 use crate::store::Store;
 use crate::tunnel::{Hub, TunnelContext};
-use crate::web::{ClientSettings, WebContext};
+use crate::web::{ClientSettings, MtaStsPolicy, Signup, WebContext};
 use anyhow::Context;
 use omb_shared::protocol::Service;
 use omb_shared::tls::CertSource;
 use omb_shared::transport::quic::{QuicListener, RelayTlsIdentity};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -207,9 +210,33 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
             let local = listener.local_addr()?;
+            let accounts = &config.accounts;
+            let pow = Pow::load_or_create(
+                &config.data_dir,
+                accounts.pow_difficulty,
+                accounts.pow_ttl_secs,
+            )
+            .context("cannot load or create the proof-of-work secret")?;
             let ctx = Arc::new(WebContext {
                 store: store.clone(),
                 clients: clients.clone(),
+                signup: Signup {
+                    trusted_proxies: config.http.trusted_proxies.clone(),
+                    domain: config.domain.to_ascii_lowercase(),
+                    quota_bytes: accounts.quota_bytes,
+                    pow,
+                    limiter: SignupLimiter::new(
+                        accounts.signups_per_ip,
+                        Duration::from_secs(accounts.signup_window_secs),
+                    ),
+                    tunnel: format!("{}:{}", config.hostname(), tunnel.port()),
+                    tunnel_pin: identity.pin(),
+                },
+                mta_sts: MtaStsPolicy {
+                    domain: config.domain.to_ascii_lowercase(),
+                    mx: config.hostname(),
+                    config: config.mta_sts.clone(),
+                },
                 domains: domains.clone(),
             });
             tasks.spawn(crate::web::serve(listener, ctx));

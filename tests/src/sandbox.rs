@@ -100,7 +100,11 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             operator: opts.nodes.first().map(|n| n.to_lowercase()),
             ..Default::default()
         },
-        http: omb_relay::config::HttpConfig { listen: Some(any) },
+        http: omb_relay::config::HttpConfig {
+            listen: Some(any),
+            ..Default::default()
+        },
+        mta_sts: Default::default(),
         // Custom domains are checked through the relay's own DNS, the only
         // one in the sandbox.
         domains: Default::default(),

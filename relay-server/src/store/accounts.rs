@@ -35,11 +35,12 @@ impl Store {
         let mut created = 0;
         for account in accounts {
             let inserted = sqlx::query(
-                "INSERT INTO accounts (handle, quota_bytes, created_at) VALUES ($1, $2, $3) ON CONFLICT (handle) DO NOTHING",
+                "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4) ON CONFLICT (handle) DO NOTHING",
             )
             .bind(&account.handle)
             .bind(quota_bytes)
             .bind(at)
+            .bind(crate::accounts::handle::skeleton(&account.handle))
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() != 1 {
@@ -67,7 +68,8 @@ impl Store {
         Ok(created)
     }
 
-    /// Creates an account with its primary address `handle@domain`.
+    /// Creates an account with its primary address `handle@domain`, without
+    /// the handle rules (see `create_account_checked` for those).
     pub async fn create_account(
         &self,
         handle: &str,
@@ -82,12 +84,15 @@ impl Store {
         if exists.is_some() {
             return Err(StoreError::AccountExists(handle.to_string()));
         }
-        sqlx::query("INSERT INTO accounts (handle, quota_bytes, created_at) VALUES ($1, $2, $3)")
-            .bind(handle)
-            .bind(quota_bytes)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(handle)
+        .bind(quota_bytes)
+        .bind(now())
+        .bind(crate::accounts::handle::skeleton(handle))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO addresses (address, handle) VALUES ($1, $2)")
             .bind(format!("{handle}@{domain}").to_lowercase())
             .bind(handle)

@@ -1,5 +1,6 @@
 //! All of the relay's SQL, one file per concern: `accounts` (accounts, link
-//! tokens, linked nodes) and `spool` (mail waiting for nodes).
+//! tokens, linked nodes), `handles` (look-alike checks, aliases switch) and
+//! `spool` (mail waiting for nodes).
 //! One code path for SQLite (the embedded default) and PostgreSQL (shared state
 //! for several relay instances), through sqlx's `Any` driver and one set of
 //! migrations.
@@ -22,6 +23,10 @@ pub enum StoreError {
     NoAccount(String),
     #[error("an account called {0:?} exists already")]
     AccountExists(String),
+    #[error(
+        "{handle:?} looks too much like the existing account {existing:?}: choose another handle"
+    )]
+    LookAlike { handle: String, existing: String },
     #[error("the domain {0:?} is already linked to an account; remove it there first")]
     DomainTaken(String),
     #[error("no domain {0:?} on this relay")]
@@ -69,6 +74,7 @@ pub struct SpoolEntry {
 mod accounts;
 mod dns;
 mod domains;
+mod handles;
 mod spool;
 
 pub use accounts::{ImportedAccount, ImportedNode};
@@ -147,11 +153,13 @@ impl Store {
             tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
         }
         let (dns_changes, _) = tokio::sync::broadcast::channel(1024);
-        Ok(Store {
+        let store = Store {
             pool,
             writer,
             dns_changes,
-        })
+        };
+        store.fill_skeletons().await?;
+        Ok(store)
     }
 
     pub async fn close(&self) {

@@ -5,6 +5,8 @@
 //! skipped, except in CI (`CI` set), where they fail.
 #![allow(dead_code)] // each test file uses its own part of this
 
+pub mod web;
+
 use omb_relay::store::{with_database, LinkRefusal, SpoolEntry, Store};
 use omb_shared::types::{NodeKey, QueueId};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};

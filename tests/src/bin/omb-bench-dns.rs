@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         http: Default::default(),
         passthrough: Default::default(),
         domains: Default::default(),
+        mta_sts: Default::default(),
     };
     let store = omb_relay::server::open_store(&config).await?;
     load_accounts(&store, args.accounts).await?;
