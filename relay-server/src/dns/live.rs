@@ -3,10 +3,12 @@
 //! reload.
 //!
 //! Changes reach it three ways: the store's change feed (this process's own
-//! writes, applied within milliseconds); the zone version in the database,
-//! polled every [`POLL`] (writes of the operator CLI or of another relay
-//! instance on the same PostgreSQL); and a full reconcile every [`RECONCILE`],
-//! which repairs anything a race between the two could have missed.
+//! writes, applied within milliseconds); every [`POLL`], the accounts whose
+//! `dns_version` is above the highest seen (writes of the operator CLI or of
+//! another relay instance on the same PostgreSQL: one indexed query); and a
+//! full comparison every [`RECONCILE`] on a task of its own, which also drops
+//! accounts that are gone. Every account's data carries the zone version of
+//! its last change, so whichever way data arrives, older never replaces newer.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -28,6 +30,8 @@ use crate::store::{AccountDns, Store, StoreError};
 const POLL: Duration = Duration::from_secs(1);
 /// How often the whole zone is compared with the database.
 const RECONCILE: Duration = Duration::from_secs(300);
+/// Accounts written per hold of the write lock.
+const WRITE_BATCH: usize = 256;
 /// How often a signed zone's serial moves without a change, so that secondaries
 /// transfer it again and never serve signatures near their expiry (RFC 6781 §4.4.2).
 const RESIGN: Duration = Duration::from_secs(24 * 3600);
@@ -105,25 +109,52 @@ impl RelayZone {
     }
 
     /// Makes the zone match the database: every account's names as stored, and
-    /// none of accounts that are gone.
-    pub async fn load(&self, store: &Store) -> Result<(), StoreError> {
+    /// none of accounts that are gone. Records are computed under the read lock
+    /// (queries go on); only changed accounts are written, a few hundred per
+    /// write lock, so answers never wait long. Returns the highest account
+    /// version seen.
+    pub async fn load(&self, store: &Store) -> Result<i64, StoreError> {
         let accounts = store.dns_accounts().await?;
-        let mut data = self.write();
-        let stale: Vec<String> = {
-            let live: std::collections::HashSet<&str> =
-                accounts.iter().map(|a| a.handle.as_str()).collect();
-            data.handles()
-                .filter(|h| !live.contains(h))
-                .map(str::to_string)
+        let newest = self.apply(&accounts);
+        let live: std::collections::HashSet<&str> =
+            accounts.iter().map(|a| a.handle.as_str()).collect();
+        let stale: Vec<String> = self
+            .read()
+            .handles()
+            .filter(|h| !live.contains(h))
+            .map(str::to_string)
+            .collect();
+        for chunk in stale.chunks(WRITE_BATCH) {
+            let mut data = self.write();
+            for handle in chunk {
+                data.remove_account(handle);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Applies account data (newer than what the zone has) in batches; returns
+    /// the highest version among `accounts`.
+    fn apply(&self, accounts: &[AccountDns]) -> i64 {
+        let changed: Vec<(&str, i64, Vec<Record>)> = {
+            let data = self.read();
+            accounts
+                .iter()
+                .filter_map(|a| {
+                    let records = data.account_records(a);
+                    data.account_differs(&a.handle, a.version, &records)
+                        .then_some((a.handle.as_str(), a.version, records))
+                })
                 .collect()
         };
-        for handle in stale {
-            data.remove_account(&handle);
+        let mut changed = changed.into_iter().peekable();
+        while changed.peek().is_some() {
+            let mut data = self.write();
+            for (handle, version, records) in changed.by_ref().take(WRITE_BATCH) {
+                data.apply_account(handle, version, records);
+            }
         }
-        for account in &accounts {
-            data.set_account(account);
-        }
-        Ok(())
+        accounts.iter().map(|a| a.version).max().unwrap_or_default()
     }
 
     /// Puts (or replaces) one account's names.
@@ -148,15 +179,19 @@ impl RelayZone {
     /// Follows the database until the task is dropped (see the module comment).
     pub async fn follow(self: Arc<Self>, store: Store) {
         let mut changes = store.dns_changes();
-        let mut seen = store.zone_version().await.unwrap_or_default();
-        if let Err(error) = self.load(&store).await {
-            warn!(%error, "dns: could not load the accounts into the zone");
-        }
+        let mut seen = match self.load(&store).await {
+            Ok(version) => version,
+            Err(error) => {
+                warn!(%error, "dns: could not load the accounts into the zone");
+                0
+            }
+        };
+        // The full comparison runs on its own task: at 100,000 accounts it
+        // reads for a second or more, and changes must not wait for it.
+        let reconciler = tokio::spawn(reconcile(self.clone(), store.clone()));
+        let _stop_reconciler = AbortOnDrop(reconciler);
         let mut poll = interval(POLL);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut reconcile = interval(RECONCILE);
-        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        reconcile.tick().await;
         let mut resign = interval(RESIGN);
         resign.set_missed_tick_behavior(MissedTickBehavior::Delay);
         resign.tick().await;
@@ -165,28 +200,23 @@ impl RelayZone {
                 change = changes.recv() => match change {
                     Ok(handle) => {
                         let refreshed = self.refresh(&store, &handle).await;
-                        // This process's own change moved the version: not news.
-                        if let Ok(version) = store.zone_version().await {
-                            seen = seen.max(version);
-                        }
                         debug!(%handle, serial = self.serial(), "dns: account changed");
                         refreshed
                     }
+                    // The poll below catches up with whatever was missed.
                     Err(RecvError::Lagged(missed)) => {
-                        info!(missed, "dns: many changes at once; reloading the zone");
-                        self.load(&store).await
+                        info!(missed, "dns: many changes at once; catching up from the database");
+                        Ok(())
                     }
                     Err(RecvError::Closed) => return,
                 },
-                _ = poll.tick() => match store.zone_version().await {
-                    Ok(version) if version != seen => {
-                        seen = version;
-                        self.load(&store).await
+                _ = poll.tick() => match store.dns_accounts_since(seen).await {
+                    Ok(accounts) => {
+                        seen = seen.max(self.apply(&accounts));
+                        Ok(())
                     }
-                    Ok(_) => Ok(()),
                     Err(error) => Err(error),
                 },
-                _ = reconcile.tick() => self.load(&store).await,
                 _ = resign.tick(), if self.signer.is_some() => {
                     self.touch();
                     Ok(())
@@ -199,7 +229,28 @@ impl RelayZone {
     }
 }
 
-/// A write lock on the zone that publishes the serial when it is released.
+/// Every [`RECONCILE`], compares the whole zone with the database.
+async fn reconcile(zone: Arc<RelayZone>, store: Store) {
+    let mut tick = interval(RECONCILE);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(error) = zone.load(&store).await {
+            warn!(%error, "dns: could not compare the zone with the database");
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct SerialGuard<'a> {
     data: std::sync::RwLockWriteGuard<'a, ZoneData>,
     serial: &'a watch::Sender<u32>,

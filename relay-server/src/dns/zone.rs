@@ -96,8 +96,9 @@ pub struct ZoneData {
     origin: Name,
     /// Lower case, absolute names and their records.
     nodes: BTreeMap<Name, Vec<Record>>,
-    /// The records each account added, so that a change replaces exactly them.
-    accounts: HashMap<String, Vec<Record>>,
+    /// The zone version and records of each account, so that a change replaces
+    /// exactly them and an older snapshot never replaces a newer one.
+    accounts: HashMap<String, (i64, Vec<Record>)>,
     /// What every account gets: the relay's addresses, the MX, SPF, services.
     relay_ips: Vec<IpAddr>,
     mx_host: Name,
@@ -223,18 +224,35 @@ impl ZoneData {
     }
 
     /// Puts an account's names in the zone, replacing what it had before, and
-    /// bumps the serial (unless nothing changed).
-    pub fn set_account(&mut self, account: &AccountDns) {
+    /// bumps the serial; returns whether anything changed. Data older than
+    /// what the zone has (a lower [`AccountDns::version`]) is ignored.
+    pub fn set_account(&mut self, account: &AccountDns) -> bool {
         let records = self.account_records(account);
-        if self.accounts.get(&account.handle) == Some(&records) {
-            return;
+        self.apply_account(&account.handle, account.version, records)
+    }
+
+    /// Whether `records` at `version` would change what the zone has for
+    /// `handle` (see [`ZoneData::set_account`]).
+    pub fn account_differs(&self, handle: &str, version: i64, records: &[Record]) -> bool {
+        match self.accounts.get(handle) {
+            Some((current, have)) => version > *current || (version == *current && have != records),
+            None => true,
         }
-        self.drop_account(&account.handle);
+    }
+
+    /// [`ZoneData::set_account`] with the records already computed (by
+    /// [`ZoneData::account_records`], possibly under a read lock only).
+    pub fn apply_account(&mut self, handle: &str, version: i64, records: Vec<Record>) -> bool {
+        if !self.account_differs(handle, version, &records) {
+            return false;
+        }
+        self.drop_account(handle);
         for record in &records {
             self.insert(record.clone());
         }
-        self.accounts.insert(account.handle.clone(), records);
+        self.accounts.insert(handle.to_string(), (version, records));
         self.bump_serial();
+        true
     }
 
     /// Publishes the zone's signing key at the apex (RFC 4034 §2), replacing any other
@@ -266,7 +284,7 @@ impl ZoneData {
     }
 
     fn drop_account(&mut self, handle: &str) -> bool {
-        let Some(records) = self.accounts.remove(handle) else {
+        let Some((_, records)) = self.accounts.remove(handle) else {
             return false;
         };
         for record in records {
@@ -300,7 +318,7 @@ impl ZoneData {
     /// - `HANDLE._domainkey.DOMAIN`: the node's DKIM key (RFC 6376 §3.6.2);
     /// - `HASH._openpgpkey.DOMAIN`: the node's certificate for each address of
     ///   the zone's domain (RFC 7929 §3).
-    fn account_records(&self, account: &AccountDns) -> Vec<Record> {
+    pub fn account_records(&self, account: &AccountDns) -> Vec<Record> {
         let Ok(host) = self.origin.prepend_label(account.handle.as_str()) else {
             return Vec::new();
         };

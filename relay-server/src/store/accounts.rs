@@ -32,15 +32,17 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await?;
         let at = now();
+        let version = super::dns::next_zone_version(&mut tx).await?;
         let mut created = 0;
         for account in accounts {
             let inserted = sqlx::query(
-                "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4) ON CONFLICT (handle) DO NOTHING",
+                "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton, dns_version) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (handle) DO NOTHING",
             )
             .bind(&account.handle)
             .bind(quota_bytes)
             .bind(at)
             .bind(crate::accounts::handle::skeleton(&account.handle))
+            .bind(version)
             .execute(&mut *tx)
             .await?;
             if inserted.rows_affected() != 1 {
@@ -63,7 +65,6 @@ impl Store {
                     .await?;
             }
         }
-        super::dns::bump_zone_version(&mut tx).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -98,7 +99,7 @@ impl Store {
             .bind(handle)
             .execute(&mut *tx)
             .await?;
-        super::dns::bump_zone_version(&mut tx).await?;
+        super::dns::bump_zone_version(&mut tx, handle).await?;
         tx.commit().await?;
         self.dns_changed(handle);
         Ok(())
@@ -172,7 +173,7 @@ impl Store {
             .bind(now())
             .execute(&mut *tx)
             .await?;
-        super::dns::bump_zone_version(&mut tx).await?;
+        super::dns::bump_zone_version(&mut tx, &handle).await?;
         tx.commit().await?;
         self.dns_changed(&handle);
         Ok(Ok(handle))

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 pub struct AccountDns {
     /// The account's handle (lower case): `HANDLE.DOMAIN` exists.
     pub handle: String,
+    /// The zone version of the account's last DNS change: a zone never
+    /// replaces newer data with an older snapshot.
+    pub version: i64,
     /// The addresses delivered to the account (lower case), for OPENPGPKEY.
     pub addresses: Vec<String>,
     /// The linked node's OpenPGP certificate (binary), if a node is linked.
@@ -39,6 +42,19 @@ impl RecordKind {
     }
 }
 
+/// Which accounts [`Store::dns_rows`] reads.
+#[derive(Debug, Clone, Copy)]
+enum Filter<'a> {
+    All,
+    Handle(&'a str),
+    Since(i64),
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
 impl Store {
     /// A receiver of the handles whose DNS data changed, sent after each commit
     /// of this process. (Other relay instances sharing a PostgreSQL database are
@@ -64,75 +80,72 @@ impl Store {
 
     /// The DNS data of one account, or `None` if there is no such account.
     pub async fn dns_account(&self, handle: &str) -> Result<Option<AccountDns>, StoreError> {
-        let exists = sqlx::query("SELECT 1 FROM accounts WHERE handle = $1")
-            .bind(handle)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let mut all = self.dns_rows(Some(handle)).await?;
-        Ok(all.remove(handle).or_else(|| {
-            Some(AccountDns {
-                handle: handle.to_string(),
-                ..AccountDns::default()
-            })
-        }))
+        let mut all = self.dns_rows(Filter::Handle(handle)).await?;
+        Ok(all.remove(handle))
     }
 
     /// The DNS data of every account, in handle order.
     pub async fn dns_accounts(&self) -> Result<Vec<AccountDns>, StoreError> {
-        Ok(self.dns_rows(None).await?.into_values().collect())
+        Ok(self.dns_rows(Filter::All).await?.into_values().collect())
     }
 
-    /// Three queries (accounts with their node, addresses, published records),
-    /// for one account or all of them.
+    /// The DNS data of the accounts changed after zone version `version`.
+    pub async fn dns_accounts_since(&self, version: i64) -> Result<Vec<AccountDns>, StoreError> {
+        Ok(self
+            .dns_rows(Filter::Since(version))
+            .await?
+            .into_values()
+            .collect())
+    }
+
+    /// Three queries (accounts with their node, addresses, published records)
+    /// for the accounts `filter` selects.
     async fn dns_rows(
         &self,
-        handle: Option<&str>,
+        filter: Filter<'_>,
     ) -> Result<BTreeMap<String, AccountDns>, StoreError> {
-        let filter = |column: &str| match handle {
-            Some(_) => format!(" WHERE {column} = $1"),
-            None => String::new(),
+        let (condition, bind): (&str, Option<Bind>) = match filter {
+            Filter::All => ("", None),
+            Filter::Handle(h) => (" WHERE c.handle = $1", Some(Bind::Text(h.to_string()))),
+            Filter::Since(v) => (" WHERE c.dns_version > $1", Some(Bind::Int(v))),
         };
-        let bind = |sql: String| {
+        let run = |sql: String| {
             let query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            match handle {
-                Some(h) => query.bind(h.to_string()),
+            match &bind {
+                Some(Bind::Text(t)) => query.bind(t.clone()),
+                Some(Bind::Int(i)) => query.bind(*i),
                 None => query,
             }
         };
         let mut out = BTreeMap::new();
         let sql = format!(
-            "SELECT c.handle, n.openpgp_cert FROM accounts c LEFT JOIN nodes n ON n.handle = c.handle{}",
-            filter("c.handle")
+            "SELECT c.handle, c.dns_version, n.openpgp_cert FROM accounts c LEFT JOIN nodes n ON n.handle = c.handle{condition}"
         );
-        for row in bind(sql).fetch_all(&self.pool).await? {
+        for row in run(sql).fetch_all(&self.pool).await? {
             let handle: String = row.try_get(0)?;
             out.insert(
                 handle.clone(),
                 AccountDns {
                     handle,
-                    cert: row.try_get(1)?,
+                    version: row.try_get(1)?,
+                    cert: row.try_get(2)?,
                     ..AccountDns::default()
                 },
             );
         }
         let sql = format!(
-            "SELECT handle, address FROM addresses{} ORDER BY address",
-            filter("handle")
+            "SELECT a.handle, a.address FROM addresses a JOIN accounts c ON c.handle = a.handle{condition} ORDER BY a.address"
         );
-        for row in bind(sql).fetch_all(&self.pool).await? {
+        for row in run(sql).fetch_all(&self.pool).await? {
             let handle: String = row.try_get(0)?;
             if let Some(account) = out.get_mut(&handle) {
                 account.addresses.push(row.try_get(1)?);
             }
         }
         let sql = format!(
-            "SELECT handle, kind, value FROM account_records{} ORDER BY value",
-            filter("handle")
+            "SELECT r.handle, r.kind, r.value FROM account_records r JOIN accounts c ON c.handle = r.handle{condition} ORDER BY r.value"
         );
-        for row in bind(sql).fetch_all(&self.pool).await? {
+        for row in run(sql).fetch_all(&self.pool).await? {
             let handle: String = row.try_get(0)?;
             let kind: String = row.try_get(1)?;
             let Some(account) = out.get_mut(&handle) else {
@@ -173,19 +186,35 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        bump_zone_version(&mut tx).await?;
+        bump_zone_version(&mut tx, handle).await?;
         tx.commit().await?;
         self.dns_changed(handle);
         Ok(())
     }
 }
 
-/// Counts a change to DNS data, inside the transaction that makes it.
+/// Counts a change to DNS data, inside the transaction that makes it, and
+/// marks `handle` as changed by it.
 pub(crate) async fn bump_zone_version(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE zone_version SET version = version + 1 WHERE id = 1")
+    handle: &str,
+) -> Result<i64, StoreError> {
+    let version = next_zone_version(tx).await?;
+    sqlx::query("UPDATE accounts SET dns_version = $1 WHERE handle = $2")
+        .bind(version)
+        .bind(handle)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok(version)
+}
+
+/// A new zone version, for a transaction that marks its accounts itself.
+pub(crate) async fn next_zone_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+) -> Result<i64, StoreError> {
+    let row =
+        sqlx::query("UPDATE zone_version SET version = version + 1 WHERE id = 1 RETURNING version")
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(row.try_get(0)?)
 }

@@ -81,7 +81,7 @@ impl Store {
             .bind(handle.as_str())
             .execute(&mut *tx)
             .await?;
-        super::dns::bump_zone_version(&mut tx).await?;
+        super::dns::bump_zone_version(&mut tx, handle.as_str()).await?;
         tx.commit().await?;
         self.dns_changed(handle.as_str());
         Ok(())
