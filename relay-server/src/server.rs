@@ -126,10 +126,11 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
                 zone
             };
             let zone = Arc::new(zone);
-            zone.load(&store)
+            let loaded = zone
+                .load(&store)
                 .await
                 .context("cannot load the accounts into the DNS zone")?;
-            tasks.spawn(zone.clone().follow(store.clone()));
+            tasks.spawn(zone.clone().follow(store.clone(), loaded));
             // Every task of the set must run for ever: `wait` treats an end as a failure.
             if !config.dns.notify.is_empty() {
                 tasks.spawn(notify_secondaries(zone.clone(), config.dns.notify.clone()));

@@ -176,16 +176,41 @@ impl RelayZone {
         Ok(())
     }
 
-    /// Follows the database until the task is dropped (see the module comment).
-    pub async fn follow(self: Arc<Self>, store: Store) {
-        let mut changes = store.dns_changes();
-        let mut seen = match self.load(&store).await {
-            Ok(version) => version,
-            Err(error) => {
-                warn!(%error, "dns: could not load the accounts into the zone");
-                0
-            }
+    /// Finds what the zone missed by comparing each account's version with
+    /// the database's (one small row per account), then reads only those.
+    pub async fn reconcile(&self, store: &Store) -> Result<(), StoreError> {
+        let versions = store.dns_versions().await?;
+        let (outdated, stale) = {
+            let data = self.read();
+            let outdated: Vec<&str> = versions
+                .iter()
+                .filter(|(h, v)| data.account_version(h).is_none_or(|have| have < *v))
+                .map(|(h, _)| h.as_str())
+                .collect();
+            let live: std::collections::HashSet<&str> =
+                versions.iter().map(|(h, _)| h.as_str()).collect();
+            let stale: Vec<String> = data
+                .handles()
+                .filter(|h| !live.contains(h))
+                .map(str::to_string)
+                .collect();
+            (outdated, stale)
         };
+        for handle in outdated {
+            self.refresh(store, handle).await?;
+        }
+        for handle in stale {
+            self.remove_account(&handle);
+        }
+        Ok(())
+    }
+
+    /// Follows the database until the task is dropped (see the module
+    /// comment), from a zone [`RelayZone::load`]ed up to version `seen`.
+    pub async fn follow(self: Arc<Self>, store: Store, mut seen: i64) {
+        let mut changes = store.dns_changes();
+        // Changes between the load and this subscription have higher versions:
+        // the first poll finds them.
         // The full comparison runs on its own task: at 100,000 accounts it
         // reads for a second or more, and changes must not wait for it.
         let reconciler = tokio::spawn(reconcile(self.clone(), store.clone()));
@@ -236,7 +261,7 @@ async fn reconcile(zone: Arc<RelayZone>, store: Store) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Err(error) = zone.load(&store).await {
+        if let Err(error) = zone.reconcile(&store).await {
             warn!(%error, "dns: could not compare the zone with the database");
         }
     }

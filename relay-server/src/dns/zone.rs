@@ -278,6 +278,11 @@ impl ZoneData {
         }
     }
 
+    /// The zone version of an account's data in the zone.
+    pub fn account_version(&self, handle: &str) -> Option<i64> {
+        self.accounts.get(handle).map(|(version, _)| *version)
+    }
+
     /// The handles of the accounts in the zone.
     pub fn handles(&self) -> impl Iterator<Item = &str> {
         self.accounts.keys().map(String::as_str)

@@ -89,6 +89,17 @@ impl Store {
         Ok(self.dns_rows(Filter::All).await?.into_values().collect())
     }
 
+    /// Every account's handle and the zone version of its last DNS change: what
+    /// a zone compares to find what it missed, without reading everything.
+    pub async fn dns_versions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT handle, dns_version FROM accounts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// The DNS data of the accounts changed after zone version `version`.
     pub async fn dns_accounts_since(&self, version: i64) -> Result<Vec<AccountDns>, StoreError> {
         Ok(self

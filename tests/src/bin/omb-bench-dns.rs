@@ -75,9 +75,9 @@ async fn main() -> anyhow::Result<()> {
         &config, &clients,
     ))?);
     let started = Instant::now();
-    zone.load(&store).await?;
+    let loaded = zone.load(&store).await?;
     let load_time = started.elapsed();
-    tokio::spawn(zone.clone().follow(store.clone()));
+    tokio::spawn(zone.clone().follow(store.clone(), loaded));
     // The options `omb-relay serve` runs with by default (rate limiting on,
     // loopback exempt), so the measured path is the served one.
     let options = ServerOptions {

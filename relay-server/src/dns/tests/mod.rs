@@ -575,7 +575,8 @@ async fn changes_from_another_process_are_followed() {
     let ours = crate::store::Store::open(&url).await.expect("open");
     let theirs = crate::store::Store::open(&url).await.expect("open again");
     let zone = Arc::new(sandbox_relay_zone());
-    let follower = tokio::spawn(zone.clone().follow(ours.clone()));
+    let loaded = zone.load(&ours).await.expect("load");
+    let follower = tokio::spawn(zone.clone().follow(ours.clone(), loaded));
     let server = start(zone.clone()).await;
     theirs
         .create_account("dave", "sandbox.test", 1)
@@ -593,12 +594,34 @@ async fn changes_from_another_process_are_followed() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The sandbox accounts are not in this database: the follower's first
-    // load took them out.
+    // The sandbox accounts are not in this database: the load took them out.
     let alice = udp(server.addr, "alice.sandbox.test.", RecordType::A).await;
     assert_eq!(alice.response_code, ResponseCode::NXDomain);
     follower.abort();
     ours.close().await;
     theirs.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The periodic comparison adds what the zone missed and drops what is gone,
+/// reading only those accounts.
+#[tokio::test]
+async fn reconcile_repairs_what_was_missed() {
+    let dir = std::env::temp_dir().join(format!("omb-dns-reconcile-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.join("relay.db").display());
+    let store = crate::store::Store::open(&url).await.expect("open");
+    store
+        .create_account("alice", "sandbox.test", 1)
+        .await
+        .expect("create");
+    // The zone has bob (gone from the database) and not alice.
+    let zone = sandbox_relay_zone();
+    zone.remove_account("alice");
+    zone.reconcile(&store).await.expect("reconcile");
+    let handles: Vec<String> = zone.read().handles().map(str::to_string).collect();
+    assert_eq!(handles, ["alice"]);
+    assert!(zone.read().account_version("alice").is_some_and(|v| v > 0));
+    store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
