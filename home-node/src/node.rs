@@ -7,6 +7,7 @@ use crate::store::MailStore;
 use crate::tunnel::{TunnelClient, TunnelState};
 use anyhow::Context;
 use omb_shared::transport::quic::QuicConnector;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -16,6 +17,19 @@ pub struct RunningNode {
     pub store: MailStore,
     pub tunnel_state: watch::Receiver<TunnelState>,
     pub tasks: JoinSet<()>,
+    /// Where the mail-access servers listen.
+    pub listening: Listening,
+}
+
+/// The addresses the mail-access servers are bound to: a port 0 in the
+/// configuration becomes the port the system chose, so nothing has to guess a
+/// free port ahead of time (and race another program for it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listening {
+    pub imap: Option<SocketAddr>,
+    pub imaps: Option<SocketAddr>,
+    pub pop3: Option<SocketAddr>,
+    pub pop3s: Option<SocketAddr>,
 }
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
@@ -33,6 +47,24 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             config.data_dir.display()
         )
     })?;
+    // The servers first: the relay's passthrough streams need their ports.
+    let mut tasks = JoinSet::new();
+    let access = AccessContext::new(&config, keys.clone(), store.clone())
+        .context("cannot set up the mail-access servers")?;
+    let [imap, imaps] = crate::imap::spawn(&access, &config.access, &mut tasks).await?;
+    let [pop3, pop3s] = crate::pop3::spawn(&access, &config.access, &mut tasks).await?;
+    let listening = Listening {
+        imap,
+        imaps,
+        pop3,
+        pop3s,
+    };
+    // A passthrough target that names a local server's configured address
+    // means that server, wherever it was bound.
+    let mut passthrough = config.passthrough.clone();
+    if passthrough.imaps.is_some() && passthrough.imaps == config.access.imaps {
+        passthrough.imaps = imaps;
+    }
     let client = TunnelClient {
         connector,
         keys: keys.clone(),
@@ -40,20 +72,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         link_token: config.relay.link_token.clone(),
         linked_marker: config.data_dir.join("linked"),
         state: state_tx,
-        passthrough: Arc::new(config.passthrough.clone()),
+        passthrough: Arc::new(passthrough),
         control: tokio::sync::Mutex::new(control_rx),
     };
-    let mut tasks = JoinSet::new();
     tasks.spawn(client.run());
     tasks.spawn(crate::control::serve(control, control_tx));
-    let access = AccessContext::new(&config, keys.clone(), store.clone())
-        .context("cannot set up the mail-access servers")?;
-    crate::imap::spawn(&access, &config.access, &mut tasks).await?;
-    crate::pop3::spawn(&access, &config.access, &mut tasks).await?;
     Ok(RunningNode {
         keys,
         store,
         tunnel_state: state_rx,
         tasks,
+        listening,
     })
 }

@@ -140,11 +140,12 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         };
         let address = format!("{handle}@{DOMAIN}");
         let (tls_cert, tls_key) = ca.node_cert(&node_dir, &handle)?;
+        // Port 0: the node binds and reports the ports the system chose.
         let access = AccessConfig {
-            imap: Some(loopback_port()),
-            imaps: Some(loopback_port()),
-            pop3: Some(loopback_port()),
-            pop3s: Some(loopback_port()),
+            imap: Some(any),
+            imaps: Some(any),
+            pop3: Some(any),
+            pop3s: Some(any),
             tls_cert: Some(tls_cert),
             tls_key: Some(tls_key),
             ciphertext_to_apps: false,
@@ -165,26 +166,33 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
                 https: None,
             },
         };
-        // The node's configuration beside its folder (without the spent link
-        // token), so `omb-node -c DIR/nodes/NAME.toml mail list` reads its mail
-        // while or after the sandbox runs, and `... run` runs it on its own.
-        let mut on_disk = node_config.clone();
+        let node = omb_node::node::start(node_config.clone())
+            .await
+            .with_context(|| format!("cannot start node {handle}"))?;
+        let bound = node.listening;
+        // The node's configuration beside its folder, with the ports it got
+        // and without the spent link token, so `omb-node -c DIR/nodes/NAME.toml
+        // mail list` reads its mail while or after the sandbox runs, and
+        // `... run` runs it on its own.
+        let mut on_disk = node_config;
         on_disk.relay.link_token = None;
+        on_disk.access.imap = bound.imap;
+        on_disk.access.imaps = bound.imaps;
+        on_disk.access.pop3 = bound.pop3;
+        on_disk.access.pop3s = bound.pop3s;
+        on_disk.passthrough.imaps = bound.imaps;
         std::fs::write(
             dir.join("nodes").join(format!("{handle}.toml")),
             toml::to_string(&on_disk)?,
         )?;
-        let node = omb_node::node::start(node_config)
-            .await
-            .with_context(|| format!("cannot start node {handle}"))?;
         node_manifests.push(NodeManifest {
             name: handle.clone(),
             address,
             password,
-            imap: access.imap,
-            imaps: access.imaps,
-            pop3: access.pop3,
-            pop3s: access.pop3s,
+            imap: bound.imap,
+            imaps: bound.imaps,
+            pop3: bound.pop3,
+            pop3s: bound.pop3s,
             data_dir: node_dir,
             openpgp_fingerprint: omb_shared::pgp::fingerprint(&node.keys.openpgp).0,
         });
@@ -303,9 +311,4 @@ fn password(node_dir: &Path) -> anyhow::Result<String> {
     omb_node::access::login::set_password(node_dir, &p)?;
     omb_shared::pgp::write_private_file(&path, p.as_bytes())?;
     Ok(p)
-}
-
-/// A free loopback port (never handed out twice in this process).
-fn loopback_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()))
 }

@@ -79,6 +79,22 @@ fn relay_extra(http: SocketAddr, knot: SocketAddr) -> String {
     )
 }
 
+/// `dig +short` (kdig when installed: Knot's own client) at `server`.
+fn dig_short(server: SocketAddr, name: &str, rtype: &str) -> Vec<String> {
+    let tool = if have_tool("kdig") { "kdig" } else { "dig" };
+    let out = std::process::Command::new(tool)
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), name, rtype, "+short"])
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The reply code swaks got to `RCPT TO:<to>` (the session stops there).
 fn rcpt_code(smtp: SocketAddr, to: &str) -> String {
     let out = std::process::Command::new("swaks")
@@ -183,6 +199,21 @@ fn a_custom_domain_is_verified_receives_mail_is_suspended_and_moves() {
     for r in report["records"].as_array().expect("records") {
         assert_eq!(r["status"], "ok", "{r:#}");
     }
+    // What a resolver sees: the user's zone (Knot) points at the relay's
+    // names, and the relay's DNS answers them.
+    let cname = dig_short(knot.addr, "_mta-sts.example.org", "CNAME");
+    assert_eq!(cname, ["_mta-sts.sandbox.test."]);
+    let sts = dig_short(relay.dns, "_mta-sts.sandbox.test", "TXT");
+    assert!(sts[0].starts_with("\"v=STSv1; id="), "{sts:?}");
+    let srv = dig_short(knot.addr, "_imaps._tcp.example.org", "SRV");
+    assert!(
+        srv.is_empty() || srv[0].ends_with(" alice.sandbox.test."),
+        "{srv:?}"
+    );
+    assert_eq!(
+        dig_short(relay.dns, "alice.sandbox.test", "A"),
+        ["127.0.0.1"]
+    );
 
     // Verified: mail for any address of the domain reaches alice's node;
     // postmaster@ reaches the operator (alice here too).

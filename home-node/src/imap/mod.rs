@@ -26,18 +26,24 @@ pub async fn spawn(
     ctx: &AccessContext,
     config: &AccessConfig,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<[Option<std::net::SocketAddr>; 2]> {
     let server = server::Server::new(ctx.clone());
     if config.imap.is_some() || config.imaps.is_some() {
         tasks.spawn(cache::fill(ctx.clone()));
     }
-    for (addr, implicit_tls) in [(config.imap, false), (config.imaps, true)] {
+    let mut bound = [None, None];
+    for (i, (addr, implicit_tls)) in [(config.imap, false), (config.imaps, true)]
+        .into_iter()
+        .enumerate()
+    {
         let Some(addr) = addr else { continue };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for IMAP on {addr}"))?;
+        let addr = listener.local_addr()?;
         tracing::info!(%addr, implicit_tls, "IMAP listening");
+        bound[i] = Some(addr);
         tasks.spawn(server.clone().run(listener, implicit_tls));
     }
-    Ok(())
+    Ok(bound)
 }

@@ -23,15 +23,21 @@ pub async fn spawn(
     ctx: &AccessContext,
     config: &AccessConfig,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<[Option<std::net::SocketAddr>; 2]> {
     let server = server::Pop3Server::new(ctx.clone(), server::Limits::default());
-    for (addr, implicit_tls) in [(config.pop3, false), (config.pop3s, true)] {
+    let mut bound = [None, None];
+    for (i, (addr, implicit_tls)) in [(config.pop3, false), (config.pop3s, true)]
+        .into_iter()
+        .enumerate()
+    {
         let Some(addr) = addr else { continue };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for POP3 on {addr}"))?;
+        let addr = listener.local_addr()?;
         tracing::info!(%addr, implicit_tls, "POP3 listening");
+        bound[i] = Some(addr);
         tasks.spawn(server::serve(listener, server.clone(), implicit_tls));
     }
-    Ok(())
+    Ok(bound)
 }
