@@ -27,6 +27,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .context("cannot set up the tunnel")?;
     let (state_tx, state_rx) = watch::channel(TunnelState::Connecting);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
+    let (submit_tx, submit_rx) = tokio::sync::mpsc::channel(64);
+    let (account_tx, account_rx) = watch::channel(None);
     let control = crate::control::bind(&config.data_dir).with_context(|| {
         format!(
             "cannot open the control socket in {}",
@@ -42,6 +44,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         state: state_tx,
         passthrough: Arc::new(config.passthrough.clone()),
         control: tokio::sync::Mutex::new(control_rx),
+        submits: tokio::sync::Mutex::new(submit_rx),
+        account: account_tx,
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(client.run());
@@ -50,6 +54,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .context("cannot set up the mail-access servers")?;
     crate::imap::spawn(&access, &config.access, &mut tasks).await?;
     crate::pop3::spawn(&access, &config.access, &mut tasks).await?;
+    let submission = crate::submission::server(
+        &access,
+        keys.clone(),
+        &config.address,
+        account_rx,
+        submit_tx,
+        &config.access,
+    );
+    crate::submission::spawn(submission, &config.access, &mut tasks).await?;
     Ok(RunningNode {
         keys,
         store,

@@ -376,5 +376,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Pong { .. } => "Pong",
         Frame::Publish { .. } => "Publish",
         Frame::Published { .. } => "Published",
+        Frame::Submit(_) => "Submit",
+        Frame::Submitted { .. } => "Submitted",
     }
 }
