@@ -17,7 +17,8 @@ pub const DOMAIN: &str = "sandbox.test";
 pub struct SandboxOptions {
     pub dir: PathBuf,
     pub nodes: Vec<String>,
-    /// Static outbound routes `DOMAIN=HOST:PORT` (outbound delivery: issue 5).
+    /// Static outbound routes `DOMAIN=HOST:PORT`: mail the nodes send to DOMAIN
+    /// goes there instead of to its MX (there is no other DNS in the sandbox).
     pub routes: Vec<(String, String)>,
     pub tor: bool,
 }
@@ -52,6 +53,10 @@ pub struct NodeManifest {
     /// POP3 with STLS, and in implicit TLS.
     pub pop3: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
+    /// Message submission (RFC 6409) with STARTTLS, and in implicit TLS
+    /// (RFC 8314); AUTH with the node's password.
+    pub submission: Option<SocketAddr>,
+    pub submissions: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub openpgp_fingerprint: String,
 }
@@ -105,6 +110,10 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             ..Default::default()
         },
         mta_sts: Default::default(),
+        outbound: omb_relay::config::OutboundConfig {
+            routes: opts.routes.iter().cloned().collect(),
+            ..Default::default()
+        },
         // Custom domains are checked through the relay's own DNS, the only
         // one in the sandbox.
         domains: Default::default(),
@@ -145,6 +154,10 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             imaps: Some(loopback_port()),
             pop3: Some(loopback_port()),
             pop3s: Some(loopback_port()),
+            submission: Some(loopback_port()),
+            submissions: Some(loopback_port()),
+            submission_max_size: None,
+            submission_max_recipients: None,
             tls_cert: Some(tls_cert),
             tls_key: Some(tls_key),
             ciphertext_to_apps: false,
@@ -185,6 +198,8 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             imaps: access.imaps,
             pop3: access.pop3,
             pop3s: access.pop3s,
+            submission: access.submission,
+            submissions: access.submissions,
             data_dir: node_dir,
             openpgp_fingerprint: omb_shared::pgp::fingerprint(&node.keys.openpgp).0,
         });
