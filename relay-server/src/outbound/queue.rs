@@ -182,9 +182,9 @@ impl Outbound {
                         .map(|e| e.trim_end_matches('.').to_string())
                 })
                 .collect(),
-            Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(code)))
-                if code == ResponseCode::NXDomain =>
-            {
+            Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+                ResponseCode::NXDomain,
+            ))) => {
                 return Err(Outcome::Permanent(format!(
                     "550 5.1.2 the domain {domain} does not exist"
                 )))
