@@ -35,6 +35,15 @@ pub struct AccessConfig {
     pub pop3: Option<SocketAddr>,
     /// POP3 in implicit TLS, e.g. `0.0.0.0:995`.
     pub pop3s: Option<SocketAddr>,
+    /// Message submission with STARTTLS (RFC 6409), e.g. `0.0.0.0:587`.
+    pub submission: Option<SocketAddr>,
+    /// Message submission in implicit TLS (RFC 8314 §3.3), e.g. `0.0.0.0:465`.
+    pub submissions: Option<SocketAddr>,
+    /// The largest message the submission server takes, in bytes (SIZE,
+    /// RFC 1870); 25 MiB when unset.
+    pub submission_max_size: Option<usize>,
+    /// Recipients of one submitted message, at most; 100 when unset.
+    pub submission_max_recipients: Option<usize>,
     /// The TLS certificate chain (PEM) for the names apps use; with `tls_key`.
     /// Without them the node makes a self-signed one (apps will warn).
     pub tls_cert: Option<PathBuf>,

@@ -9,4 +9,5 @@ pub mod node;
 pub mod passthrough;
 pub mod pop3;
 pub mod store;
+pub mod submission;
 pub mod tunnel;

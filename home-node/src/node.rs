@@ -30,6 +30,8 @@ pub struct Listening {
     pub imaps: Option<SocketAddr>,
     pub pop3: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
+    pub submission: Option<SocketAddr>,
+    pub submissions: Option<SocketAddr>,
 }
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
@@ -41,6 +43,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .context("cannot set up the tunnel")?;
     let (state_tx, state_rx) = watch::channel(TunnelState::Connecting);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
+    let (submit_tx, submit_rx) = tokio::sync::mpsc::channel(64);
+    let (account_tx, account_rx) = watch::channel(None);
     let control = crate::control::bind(&config.data_dir).with_context(|| {
         format!(
             "cannot open the control socket in {}",
@@ -53,11 +57,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .context("cannot set up the mail-access servers")?;
     let [imap, imaps] = crate::imap::spawn(&access, &config.access, &mut tasks).await?;
     let [pop3, pop3s] = crate::pop3::spawn(&access, &config.access, &mut tasks).await?;
+    let submission = crate::submission::server(
+        &access,
+        keys.clone(),
+        &config.address,
+        account_rx,
+        submit_tx,
+        &config.access,
+    );
+    let [submission, submissions] =
+        crate::submission::spawn(submission, &config.access, &mut tasks).await?;
     let listening = Listening {
         imap,
         imaps,
         pop3,
         pop3s,
+        submission,
+        submissions,
     };
     // A passthrough target that names a local server's configured address
     // means that server, wherever it was bound.
@@ -74,6 +90,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         state: state_tx,
         passthrough: Arc::new(passthrough),
         control: tokio::sync::Mutex::new(control_rx),
+        submits: tokio::sync::Mutex::new(submit_rx),
+        account: account_tx,
     };
     tasks.spawn(client.run());
     tasks.spawn(crate::control::serve(control, control_tx));

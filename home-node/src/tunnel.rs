@@ -1,6 +1,7 @@
-//! The node's end of the tunnel: dials the relay, authenticates, stores each
-//! delivery durably and only then acknowledges it. Reconnects for ever with
-//! jittered exponential back-off.
+//! The node's end of the tunnel: dials the relay, authenticates, publishes the
+//! DKIM key, stores each delivery durably and only then acknowledges it, and
+//! hands submitted mail to the relay (sent again after a reconnection until the
+//! relay answers). Reconnects for ever with jittered exponential back-off.
 
 use crate::config::PassthroughTargets;
 use crate::control::Publish;
@@ -8,17 +9,36 @@ use crate::keys::Keys;
 use crate::store::{MailStore, NewDelivery, Stored};
 use omb_shared::pgp;
 use omb_shared::protocol::{
-    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PROTOCOL_VERSION,
+    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PublishKind, Submission,
+    SubmitOutcome, PROTOCOL_VERSION,
 };
 use omb_shared::transport::{Connector, TunnelStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The account as the relay last described it (its Welcome): what the
+/// submission server checks senders against. Kept while the tunnel is down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountFacts {
+    /// The account's handle: the DKIM selector under the relay's domain.
+    pub handle: String,
+    /// Every address of the account, lower case.
+    pub addresses: Vec<String>,
+}
+
+/// A message for the relay, from the submission server; the answer comes
+/// once the relay has it durably (or refuses it).
+#[derive(Debug)]
+pub struct SubmitRequest {
+    pub submission: Submission,
+    pub reply: oneshot::Sender<SubmitOutcome>,
+}
 
 /// What the rest of the node can see of the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +64,10 @@ pub struct TunnelClient<C: Connector> {
     pub passthrough: Arc<PassthroughTargets>,
     /// Requests from the control socket, carried out while the tunnel is up.
     pub control: tokio::sync::Mutex<mpsc::Receiver<Publish>>,
+    /// Mail from the submission server.
+    pub submits: tokio::sync::Mutex<mpsc::Receiver<SubmitRequest>>,
+    /// Written at every Welcome.
+    pub account: watch::Sender<Option<AccountFacts>>,
 }
 
 enum SessionEnd {
@@ -57,10 +81,12 @@ impl<C: Connector> TunnelClient<C> {
     /// Runs the tunnel for ever.
     pub async fn run(self) {
         let mut backoff = BACKOFF_MIN;
+        // Submissions sent and not answered: sent again in the next session.
+        let mut pending: Vec<SubmitRequest> = Vec::new();
         loop {
             let started = std::time::Instant::now();
             let end = match self.connector.connect().await {
-                Ok(stream) => self.session(stream).await,
+                Ok(stream) => self.session(stream, &mut pending).await,
                 Err(e) => SessionEnd::Retry(e.to_string()),
             };
             match end {
@@ -85,7 +111,7 @@ impl<C: Connector> TunnelClient<C> {
         }
     }
 
-    async fn session(&self, stream: TunnelStream) -> SessionEnd {
+    async fn session(&self, stream: TunnelStream, pending: &mut Vec<SubmitRequest>) -> SessionEnd {
         let TunnelStream {
             mut recv,
             mut send,
@@ -136,6 +162,10 @@ impl<C: Connector> TunnelClient<C> {
         let account = match read_frame(&mut recv, &mut dec).await {
             Ok(Frame::Welcome { account, addresses }) => {
                 info!(%account, ?addresses, relay = %peer, "tunnel up");
+                let _ = self.account.send(Some(AccountFacts {
+                    handle: account.clone(),
+                    addresses: addresses.iter().map(|a| a.to_lowercase()).collect(),
+                }));
                 if linking {
                     if let Err(e) = std::fs::write(&self.linked_marker, &account) {
                         warn!(error = %e, "cannot record that the node is linked");
@@ -152,7 +182,32 @@ impl<C: Connector> TunnelClient<C> {
         let mut passthrough = tokio::task::JoinSet::new();
         passthrough.spawn(crate::passthrough::serve(side, self.passthrough.clone()));
 
+        // The DKIM key's public half, so the relay's DNS serves it (RFC 6376
+        // §3.6.2); the answer comes as a Published frame like any other.
+        match self.keys.dkim.record() {
+            Ok(record) => {
+                let frame = Frame::Publish {
+                    kind: PublishKind::Dkim,
+                    values: vec![record],
+                };
+                if let Err(e) = write_frame(&mut send, &frame).await {
+                    return retry(e);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot publish the DKIM key"),
+        }
+        // Submissions the last session left unanswered go again (the relay
+        // keeps one copy per id).
+        pending.retain(|r| !r.reply.is_closed());
+        for request in pending.iter() {
+            if let Err(e) = write_frame(&mut send, &Frame::Submit(request.submission.clone())).await
+            {
+                return retry(e);
+            }
+        }
+
         let mut control = self.control.lock().await;
+        let mut submits = self.submits.lock().await;
         // Publish requests sent, waiting for the relay's answer, in order.
         let mut publishing: Vec<Publish> = Vec::new();
         loop {
@@ -160,6 +215,14 @@ impl<C: Connector> TunnelClient<C> {
             // control request loses nothing.
             let first = tokio::select! {
                 frame = read_frame(&mut recv, &mut dec) => frame,
+                Some(request) = submits.recv() => {
+                    let frame = Frame::Submit(request.submission.clone());
+                    pending.push(request);
+                    if let Err(e) = write_frame(&mut send, &frame).await {
+                        return retry(e);
+                    }
+                    continue;
+                }
                 Some(request) = control.recv() => {
                     let frame = Frame::Publish { kind: request.kind, values: request.values.clone() };
                     if let Err(e) = write_frame(&mut send, &frame).await {
@@ -223,6 +286,17 @@ impl<C: Connector> TunnelClient<C> {
                         if let Some(i) = publishing.iter().position(|p| p.kind == kind) {
                             let request = publishing.remove(i);
                             let _ = request.reply.send(error.map_or(Ok(()), Err));
+                        } else if let Some(error) = error {
+                            warn!(?kind, %error, "the relay did not publish the node's records");
+                        } else {
+                            debug!(?kind, "records published");
+                        }
+                    }
+                    Ok(Frame::Submitted { id, outcome }) => {
+                        if let Some(i) = pending.iter().position(|r| r.submission.id == id) {
+                            let request = pending.swap_remove(i);
+                            info!(submission = %id, ?outcome, "the relay answered a submission");
+                            let _ = request.reply.send(outcome);
                         }
                     }
                     Ok(Frame::Refused { reason }) => {

@@ -131,6 +131,12 @@ impl Authenticator {
         &self.hostname
     }
 
+    /// The resolver, pointed at the configured DNS server (for the outbound
+    /// queue's DKIM check and MX lookups).
+    pub fn resolver(&self) -> &MessageAuthenticator {
+        &self.resolver
+    }
+
     /// Evaluates SPF, DKIM and DMARC for one message and returns the complete header
     /// line `Authentication-Results: <hostname>; spf=...; dkim=...; dmarc=...\r\n`
     /// (RFC 8601 §2.2), folded as mail-auth folds it, ready to prepend to the message.

@@ -35,6 +35,60 @@ pub struct RelayConfig {
     pub mta_sts: MtaStsConfig,
     #[serde(default)]
     pub domains: DomainsConfig,
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// Mail that nodes send: the outbound queue, its routes and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Static routes, `"domain" = "host:port"` (like Postfix transport maps):
+    /// mail for the domain goes there instead of to its MX.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// The port of the hosts an MX lookup names (25; tests use another).
+    pub mx_port: u16,
+    /// Seconds before each retry after a temporary failure; the last one
+    /// repeats until `expire_secs`.
+    pub retry_secs: Vec<u64>,
+    /// Seconds after submission when a message still not delivered is given
+    /// up and a DSN is sent back (5 days, RFC 5321 §4.5.4.1 suggests 4-5).
+    pub expire_secs: u64,
+    /// Milliseconds between looks at the queue for due messages.
+    pub poll_ms: u64,
+    /// Destinations delivered to at once.
+    pub concurrency: usize,
+    /// Seconds to connect to a destination and for each of its replies.
+    pub timeout_secs: u64,
+    /// Messages one account may submit per minute (a burst of this many,
+    /// then one every 60/N seconds); `451 4.7.1` beyond.
+    pub per_minute: u32,
+    /// Messages one account may submit per UTC day.
+    pub per_day: i64,
+    /// The daily cap for accounts younger than `new_account_days`.
+    pub new_account_per_day: i64,
+    pub new_account_days: i64,
+    /// Recipients of one submitted message, at most.
+    pub max_recipients: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig {
+            routes: Default::default(),
+            mx_port: 25,
+            retry_secs: vec![120, 600, 1800, 3600, 7200, 14400, 28800],
+            expire_secs: 5 * 86_400,
+            poll_ms: 1000,
+            concurrency: 16,
+            timeout_secs: 120,
+            per_minute: 20,
+            per_day: 500,
+            new_account_per_day: 50,
+            new_account_days: 7,
+            max_recipients: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -313,6 +367,13 @@ mod tests {
         assert_eq!(a.pow_ttl_secs, d.pow_ttl_secs);
         assert_eq!(a.signups_per_ip, d.signups_per_ip);
         assert_eq!(a.signup_window_secs, d.signup_window_secs);
+        let (o, d) = (&example.outbound, OutboundConfig::default());
+        assert_eq!(o.retry_secs, d.retry_secs);
+        assert_eq!(o.expire_secs, d.expire_secs);
+        assert_eq!(o.per_minute, d.per_minute);
+        assert_eq!(o.per_day, d.per_day);
+        assert_eq!(o.new_account_per_day, d.new_account_per_day);
+        assert_eq!(o.max_recipients, d.max_recipients);
         let (m, d) = (&example.mta_sts, MtaStsConfig::default());
         assert_eq!(m.mode, d.mode);
         assert_eq!(m.max_age_secs, d.max_age_secs);

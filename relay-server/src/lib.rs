@@ -8,6 +8,7 @@ pub mod config;
 pub mod dns;
 pub mod domains;
 pub mod mx;
+pub mod outbound;
 pub mod passthrough;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use crate::dns::{
 use crate::domains::{DomainSettings, Domains};
 use crate::mx::accept::{Acceptor, Routing};
 use crate::mx::MxServer;
+use crate::outbound::Outbound;
 use crate::passthrough::PassthroughServer;
 use crate::store::Store;
 use crate::tunnel::{Hub, TunnelContext};
@@ -170,11 +171,21 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
     }
     let acceptor = Arc::new(Acceptor::new(
         store.clone(),
-        auth,
+        auth.clone(),
         hub.clone(),
         hostname.clone(),
         routing,
     ));
+    let outbound = Outbound::new(
+        store.clone(),
+        auth,
+        acceptor.clone(),
+        config.outbound.clone(),
+        &config.domain,
+        &hostname,
+        config.smtp.max_message_size,
+    );
+    tasks.spawn(outbound.clone().run());
     let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
         .await
@@ -190,6 +201,7 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         store: store.clone(),
         hub: hub.clone(),
         window: config.tunnel.window.max(1),
+        outbound,
     });
     tasks.spawn(crate::tunnel::serve(quic, ctx));
 

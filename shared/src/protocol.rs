@@ -15,6 +15,9 @@
 //! relay -> Deliver{..} ...   node -> Ack{id} ...    (at-least-once; acked after a durable store)
 //! either -> Ping / Pong
 //! node  -> Publish{kind, values}   relay -> Published{kind, error}   (DNS records)
+//! node  -> Submit{..} ...  relay -> Submitted{id, outcome}   (outgoing mail; the
+//!          relay answers `Queued` only once the message is durable, and a
+//!          Submit sent again with the same id is not queued twice)
 //! ```
 //!
 //! Beside that session, the relay opens one more stream per connection it
@@ -95,6 +98,41 @@ pub enum Frame {
         kind: PublishKind,
         error: Option<String>,
     },
+    /// Outgoing mail from the node's submission server, DKIM-signed by the
+    /// node, for the relay's outbound queue.
+    Submit(Submission),
+    /// The relay's answer to [`Frame::Submit`].
+    Submitted {
+        id: String,
+        outcome: SubmitOutcome,
+    },
+}
+
+/// One message a node hands to the relay for delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// Chosen by the node; the relay keeps one copy per id, so the node may
+    /// send it again after a broken tunnel without it going out twice.
+    pub id: String,
+    /// The envelope sender (RFC 5321 reverse-path), an address of the account.
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    /// The whole message, signed (RFC 6376), CRLF line ends.
+    pub data: Vec<u8>,
+}
+
+/// What the relay did with a [`Submission`]. The texts start with an enhanced
+/// status code (RFC 3463), e.g. `4.7.1 rate limit reached`, which the node's
+/// submission server passes on with the matching SMTP reply code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitOutcome {
+    /// Durably queued for delivery.
+    Queued,
+    /// Not queued; try again later (rate limit, a busy relay).
+    Temporary(String),
+    /// Not queued, and trying again won't help (a From that is not the
+    /// account's, a signature that does not verify).
+    Permanent(String),
 }
 
 /// The DNS records a node publishes through the relay (whose zone holds its

@@ -17,7 +17,8 @@ pub const DOMAIN: &str = "sandbox.test";
 pub struct SandboxOptions {
     pub dir: PathBuf,
     pub nodes: Vec<String>,
-    /// Static outbound routes `DOMAIN=HOST:PORT` (outbound delivery: issue 5).
+    /// Static outbound routes `DOMAIN=HOST:PORT`: mail the nodes send to DOMAIN
+    /// goes there instead of to its MX (there is no other DNS in the sandbox).
     pub routes: Vec<(String, String)>,
     pub tor: bool,
 }
@@ -52,6 +53,10 @@ pub struct NodeManifest {
     /// POP3 with STLS, and in implicit TLS.
     pub pop3: Option<SocketAddr>,
     pub pop3s: Option<SocketAddr>,
+    /// Message submission (RFC 6409) with STARTTLS, and in implicit TLS
+    /// (RFC 8314); AUTH with the node's password.
+    pub submission: Option<SocketAddr>,
+    pub submissions: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub openpgp_fingerprint: String,
 }
@@ -105,6 +110,10 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             ..Default::default()
         },
         mta_sts: Default::default(),
+        outbound: omb_relay::config::OutboundConfig {
+            routes: opts.routes.iter().cloned().collect(),
+            ..Default::default()
+        },
         // Custom domains are checked through the relay's own DNS, the only
         // one in the sandbox.
         domains: Default::default(),
@@ -146,6 +155,10 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             imaps: Some(any),
             pop3: Some(any),
             pop3s: Some(any),
+            submission: Some(any),
+            submissions: Some(any),
+            submission_max_size: None,
+            submission_max_recipients: None,
             tls_cert: Some(tls_cert),
             tls_key: Some(tls_key),
             ciphertext_to_apps: false,
@@ -180,6 +193,8 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
         on_disk.access.imaps = bound.imaps;
         on_disk.access.pop3 = bound.pop3;
         on_disk.access.pop3s = bound.pop3s;
+        on_disk.access.submission = bound.submission;
+        on_disk.access.submissions = bound.submissions;
         on_disk.passthrough.imaps = bound.imaps;
         std::fs::write(
             dir.join("nodes").join(format!("{handle}.toml")),
@@ -193,6 +208,8 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             imaps: bound.imaps,
             pop3: bound.pop3,
             pop3s: bound.pop3s,
+            submission: bound.submission,
+            submissions: bound.submissions,
             data_dir: node_dir,
             openpgp_fingerprint: omb_shared::pgp::fingerprint(&node.keys.openpgp).0,
         });

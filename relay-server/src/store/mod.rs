@@ -1,6 +1,6 @@
 //! All of the relay's SQL, one file per concern: `accounts` (accounts, link
 //! tokens, linked nodes), `handles` (look-alike checks, aliases switch) and
-//! `spool` (mail waiting for nodes).
+//! `spool` (mail waiting for nodes), `outbound` (mail nodes send).
 //! One code path for SQLite (the embedded default) and PostgreSQL (shared state
 //! for several relay instances), through sqlx's `Any` driver and one set of
 //! migrations.
@@ -75,11 +75,13 @@ mod accounts;
 mod dns;
 mod domains;
 mod handles;
+mod outbound;
 mod spool;
 
 pub use accounts::{ImportedAccount, ImportedNode};
 pub use dns::{AccountDns, RecordKind};
 pub use domains::{Domain, DomainState, OPERATOR_LOCAL_PARTS};
+pub use outbound::{DueRcpt, NewOutbound};
 
 #[derive(Clone)]
 pub struct Store {

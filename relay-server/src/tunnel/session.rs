@@ -6,7 +6,7 @@ use omb_shared::identity::verify_challenge;
 use omb_shared::pgp;
 use omb_shared::protocol::{
     read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PublishKind,
-    PROTOCOL_VERSION,
+    SubmitOutcome, PROTOCOL_VERSION,
 };
 use omb_shared::transport::quic::{accept_stream, QuicListener};
 use omb_shared::transport::{ConnectionHandle, TunnelStream};
@@ -32,6 +32,8 @@ pub struct TunnelContext {
     pub store: Store,
     pub hub: Arc<Hub>,
     pub window: usize,
+    /// Where the node's submissions go.
+    pub outbound: Arc<crate::outbound::Outbound>,
 }
 
 /// Accepts nodes until the endpoint closes.
@@ -197,6 +199,8 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
     // holding up the next sends while the commit's fsync runs.
     let mut deleting: HashSet<String> = HashSet::new();
     let mut deletes: JoinSet<(Vec<String>, Result<usize, String>)> = JoinSet::new();
+    // Submissions being checked and queued; answered as each finishes.
+    let mut submitting: JoinSet<(String, SubmitOutcome)> = JoinSet::new();
     // Whether the spool may hold mail for this node that was neither sent nor
     // offered in memory: at start, after a wake-up, when offers did not fit
     // the window, and every RESCAN (another relay instance may have spooled).
@@ -254,6 +258,14 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         match frame {
                             Some(Ok(Frame::Ack { .. })) | Some(Ok(Frame::Pong { .. })) => {}
                             Some(Ok(Frame::Ping { nonce })) => write_frame(&mut send, &Frame::Pong { nonce }).await.map_err(|e| e.to_string())?,
+                            Some(Ok(Frame::Submit(submission))) => {
+                                let outbound = ctx.outbound.clone();
+                                let owner = handle.clone();
+                                submitting.spawn(async move {
+                                    let id = submission.id.clone();
+                                    (id, outbound.accept(&owner, submission).await)
+                                });
+                            }
                             Some(Ok(Frame::Publish { kind, values })) => {
                                 let error = publish(&ctx.store, &handle, kind, &values).await.err();
                                 write_frame(&mut send, &Frame::Published { kind, error }).await.map_err(|e| e.to_string())?;
@@ -264,6 +276,10 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         }
                     }
                 },
+                Some(done) = submitting.join_next(), if !submitting.is_empty() => {
+                    let (id, outcome) = done.map_err(|e| e.to_string())?;
+                    write_frame(&mut send, &Frame::Submitted { id, outcome }).await.map_err(|e| e.to_string())?;
+                }
                 Some(done) = deletes.join_next(), if !deletes.is_empty() => {
                     let (ids, result) = done.map_err(|e| e.to_string())?;
                     let deleted = result?;
@@ -376,5 +392,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Pong { .. } => "Pong",
         Frame::Publish { .. } => "Publish",
         Frame::Published { .. } => "Published",
+        Frame::Submit(_) => "Submit",
+        Frame::Submitted { .. } => "Submitted",
     }
 }

@@ -60,6 +60,7 @@ pub async fn relay_with(
         },
         passthrough: Default::default(),
         mta_sts: Default::default(),
+        outbound: Default::default(),
         domains: Default::default(),
     };
     let relay = omb_relay::server::start(config)

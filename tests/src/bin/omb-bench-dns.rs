@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         passthrough: Default::default(),
         domains: Default::default(),
         mta_sts: Default::default(),
+        outbound: Default::default(),
     };
     let store = omb_relay::server::open_store(&config).await?;
     load_accounts(&store, args.accounts).await?;

@@ -40,11 +40,6 @@ fn parse_route(s: &str) -> Result<(String, String), String> {
 async fn main() -> anyhow::Result<()> {
     omb_shared::init_logging();
     let cli = Cli::parse();
-    if !cli.routes.is_empty() {
-        tracing::warn!(
-            "--route is accepted, but outbound delivery is not built yet: routes have no effect"
-        );
-    }
     if cli.tor {
         anyhow::bail!("--tor: the Tor transport is not built yet; run without --tor");
     }

@@ -1,0 +1,373 @@
+//! The delivery worker: claims due recipients, groups them by domain, and
+//! delivers each group — to hosted accounts through the MX's encrypt-then-
+//! spool path, to others over one SMTP connection per destination — then
+//! records what happened: done, retry later (on the configured schedule), or
+//! a DSN back to the sender (RFC 3464) when refused for good or expired.
+
+use super::smtp::{Connection, Outcome, SmtpError};
+use super::{dsn, Outbound};
+use crate::mx::session::{AcceptedRcpt, StoreVerdict, Transaction};
+use crate::store::DueRcpt;
+use mail_auth::hickory_resolver::proto::op::ResponseCode;
+use omb_shared::types::Address;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Recipients claimed per look at the queue.
+const BATCH: i64 = 500;
+
+/// A destination: the hosts to try in order (name for TLS, address).
+type Hosts = Vec<(String, SocketAddr)>;
+
+impl Outbound {
+    /// Runs the worker for ever.
+    pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let poll = Duration::from_millis(self.config.poll_ms.max(10));
+        // A claimed recipient comes back after this long if its worker died.
+        let lease = (self.config.timeout_secs * 5).max(60) as i64;
+        loop {
+            match self.store.outbound_claim(BATCH, lease).await {
+                Ok(due) if !due.is_empty() => {
+                    let mut by_domain: BTreeMap<String, Vec<DueRcpt>> = BTreeMap::new();
+                    for d in due {
+                        by_domain.entry(d.domain.clone()).or_default().push(d);
+                    }
+                    for (domain, rcpts) in by_domain {
+                        let Ok(permit) = slots.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let this = self.clone();
+                        let span = info_span!("outbound", %domain);
+                        tokio::spawn(
+                            async move {
+                                this.deliver_domain(&domain, rcpts).await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot read the outbound queue"),
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    async fn deliver_domain(&self, domain: &str, rcpts: Vec<DueRcpt>) {
+        // Hosted recipients never leave the relay.
+        let mut remote = Vec::new();
+        for r in rcpts {
+            match self.store.route(&r.rcpt, &self.relay_domain, None).await {
+                Ok(Some(hosted)) => {
+                    let outcome = self.deliver_local(&r, &hosted.handle).await;
+                    self.record(&r, outcome, None).await;
+                }
+                Ok(None) => remote.push(r),
+                Err(e) => {
+                    let outcome =
+                        Outcome::Temporary(format!("4.3.0 recipient look-up failed: {e}"));
+                    self.record(&r, outcome, None).await;
+                }
+            }
+        }
+        if remote.is_empty() {
+            return;
+        }
+        let hosts = match self.destination(domain).await {
+            Ok(hosts) => hosts,
+            Err(outcome) => {
+                for r in &remote {
+                    self.record(r, outcome.clone(), None).await;
+                }
+                return;
+            }
+        };
+        let timeout = Duration::from_secs(self.config.timeout_secs.max(1));
+        let mut conn = None;
+        let mut last_error = String::from("4.4.1 no host to try");
+        let mut permanent = false;
+        for (name, addr) in &hosts {
+            match Connection::open(*addr, name, &self.hostname, &self.tls, timeout).await {
+                Ok(c) => {
+                    info!(host = %name, %addr, tls = c.tls, "connected");
+                    conn = Some((name.clone(), c));
+                    break;
+                }
+                Err(e) => {
+                    debug!(host = %name, error = %e, "cannot deliver through this host");
+                    permanent = e.permanent();
+                    last_error = match &e {
+                        SmtpError::Refused(_, reply) => reply.to_string(),
+                        other => format!("4.4.1 {other}"),
+                    };
+                }
+            }
+        }
+        let Some((host, mut conn)) = conn else {
+            let outcome = if permanent {
+                Outcome::Permanent(last_error)
+            } else {
+                Outcome::Temporary(last_error)
+            };
+            for r in &remote {
+                self.record(r, outcome.clone(), None).await;
+            }
+            return;
+        };
+        // One transaction per message, all on this connection.
+        let mut by_message: BTreeMap<String, Vec<DueRcpt>> = BTreeMap::new();
+        for r in remote {
+            by_message.entry(r.id.clone()).or_default().push(r);
+        }
+        let mut broken: Option<String> = None;
+        for (id, rcpts) in by_message {
+            let outcomes = match (&broken, self.store.outbound_data(&id).await) {
+                (Some(e), _) => vec![Outcome::Temporary(e.clone()); rcpts.len()],
+                (None, Ok(Some(data))) => {
+                    let list: Vec<String> = rcpts.iter().map(|r| r.rcpt.clone()).collect();
+                    match conn.send(&rcpts[0].mail_from, &list, &data).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            let text = format!("4.4.2 {e}");
+                            broken = Some(text.clone());
+                            vec![Outcome::Temporary(text); rcpts.len()]
+                        }
+                    }
+                }
+                (None, Ok(None)) => continue,
+                (None, Err(e)) => vec![Outcome::Temporary(format!("4.3.0 {e}")); rcpts.len()],
+            };
+            for (r, outcome) in rcpts.iter().zip(outcomes) {
+                self.record(r, outcome, Some(&host)).await;
+            }
+        }
+        if broken.is_none() {
+            conn.quit().await;
+        }
+    }
+
+    /// Where mail for `domain` goes: its static route, or its MX hosts by
+    /// preference (RFC 5321 §5.1; the domain itself when it has no MX).
+    async fn destination(&self, domain: &str) -> Result<Hosts, Outcome> {
+        if let Some(route) = self.config.routes.get(domain) {
+            if let Ok(addr) = route.parse::<SocketAddr>() {
+                return Ok(vec![(domain.to_string(), addr)]);
+            }
+            let Some((host, port)) = route.rsplit_once(':') else {
+                return Err(Outcome::Temporary(format!(
+                    "4.3.5 bad static route {route:?}"
+                )));
+            };
+            let port = port.parse().unwrap_or(25);
+            return Ok(self.addresses(host, port).await);
+        }
+        let resolver = self.auth.resolver();
+        let mut names: Vec<String> = match resolver.mx_lookup(domain, NO_MX_CACHE).await {
+            Ok(mx) => mx
+                .rrset
+                .iter()
+                .flat_map(|m| {
+                    m.exchanges
+                        .iter()
+                        .map(|e| e.trim_end_matches('.').to_string())
+                })
+                .collect(),
+            Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+                ResponseCode::NXDomain,
+            ))) => {
+                return Err(Outcome::Permanent(format!(
+                    "550 5.1.2 the domain {domain} does not exist"
+                )))
+            }
+            Err(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))) => Vec::new(),
+            Err(e) => {
+                return Err(Outcome::Temporary(format!(
+                    "4.4.3 MX lookup for {domain}: {e}"
+                )))
+            }
+        };
+        if names.is_empty() {
+            // No MX: the domain itself (RFC 5321 §5.1).
+            names.push(domain.to_string());
+        }
+        // A null MX (RFC 7505): the domain takes no mail.
+        if names.len() == 1 && names[0].is_empty() {
+            return Err(Outcome::Permanent(format!(
+                "556 5.1.10 {domain} accepts no mail (null MX)"
+            )));
+        }
+        let mut hosts = Vec::new();
+        for name in names {
+            hosts.extend(self.addresses(&name, self.config.mx_port).await);
+        }
+        if hosts.is_empty() {
+            return Err(Outcome::Temporary(format!(
+                "4.4.4 no address for the mail servers of {domain}"
+            )));
+        }
+        Ok(hosts)
+    }
+
+    async fn addresses(&self, host: &str, port: u16) -> Hosts {
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return vec![(host.to_string(), SocketAddr::new(ip, port))];
+        }
+        match self.auth.resolver().ipv4_lookup(host, NO_V4_CACHE).await {
+            Ok(set) => set
+                .rrset
+                .iter()
+                .map(|ip| (host.to_string(), SocketAddr::new(IpAddr::V4(*ip), port)))
+                .collect(),
+            Err(e) => {
+                debug!(%host, error = %e, "no address");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Delivers to a hosted account: encrypted to its key and spooled.
+    async fn deliver_local(&self, r: &DueRcpt, handle: &str) -> Outcome {
+        let Ok(Some(data)) = self.store.outbound_data(&r.id).await else {
+            return Outcome::Temporary("4.3.0 the queued message cannot be read".into());
+        };
+        let Ok(address) = Address::parse(&r.rcpt) else {
+            return Outcome::Permanent("553 5.1.3 bad recipient address".into());
+        };
+        let tx = Transaction {
+            helo: self.hostname.clone(),
+            protocol: "ESMTPSA",
+            mail_from: r.mail_from.clone(),
+            recipients: vec![AcceptedRcpt {
+                address,
+                handle: handle.to_string(),
+            }],
+            data,
+        };
+        match self.acceptor.store(tx, self.own_ip()).await {
+            StoreVerdict::Stored(id) => {
+                info!(queue_id = %r.id, spool_id = %id, %handle, "delivered to a hosted account");
+                Outcome::Delivered
+            }
+            StoreVerdict::OverQuota => Outcome::Temporary("452 4.2.2 mailbox full".into()),
+            StoreVerdict::TempFail => Outcome::Temporary("451 4.3.0 spool write failed".into()),
+        }
+    }
+
+    /// The address SPF sees for mail the relay hands to itself.
+    fn own_ip(&self) -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    /// Records one recipient's outcome: done, later, or a DSN.
+    async fn record(&self, r: &DueRcpt, outcome: Outcome, host: Option<&str>) {
+        let now = crate::store::now();
+        let (diagnostic, expired) = match outcome {
+            Outcome::Delivered => {
+                info!(queue_id = %r.id, rcpt = %r.rcpt, host = host.unwrap_or("local"), "delivered");
+                if let Err(e) = self.store.outbound_done(&r.id, &r.rcpt).await {
+                    warn!(error = %e, "cannot record a delivery; it may be repeated");
+                }
+                return;
+            }
+            Outcome::Temporary(text) => {
+                if now < r.created_at + self.config.expire_secs as i64 {
+                    let schedule = &self.config.retry_secs;
+                    let step = schedule
+                        .get(r.attempts as usize)
+                        .or(schedule.last())
+                        .copied()
+                        .unwrap_or(600);
+                    info!(queue_id = %r.id, rcpt = %r.rcpt, error = %text, retry_in = step, "deferred");
+                    if let Err(e) = self
+                        .store
+                        .outbound_defer(&r.id, &r.rcpt, now + step as i64, &text)
+                        .await
+                    {
+                        warn!(error = %e, "cannot record a deferral");
+                    }
+                    return;
+                }
+                (text, true)
+            }
+            Outcome::Permanent(text) => (text, false),
+        };
+        info!(queue_id = %r.id, rcpt = %r.rcpt, error = %diagnostic, expired, "failed; sending a DSN");
+        match self.bounce(r, &diagnostic, expired, host).await {
+            Ok(()) => {
+                if let Err(e) = self.store.outbound_done(&r.id, &r.rcpt).await {
+                    warn!(error = %e, "cannot record a failure");
+                }
+            }
+            Err(why) => {
+                // Keep the recipient: the DSN is tried again later.
+                warn!(queue_id = %r.id, error = %why, "cannot spool the DSN; trying again later");
+                let _ = self
+                    .store
+                    .outbound_defer(&r.id, &r.rcpt, now + 60, &diagnostic)
+                    .await;
+            }
+        }
+    }
+
+    /// Spools a DSN into the sender's account (null reverse-path, RFC 5321
+    /// §4.5.5).
+    async fn bounce(
+        &self,
+        r: &DueRcpt,
+        diagnostic: &str,
+        expired: bool,
+        host: Option<&str>,
+    ) -> Result<(), String> {
+        let original = self
+            .store
+            .outbound_data(&r.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let report = dsn::build(
+            &self.hostname,
+            &self.relay_domain,
+            &r.mail_from,
+            r.created_at,
+            &dsn::Failure {
+                rcpt: &r.rcpt,
+                diagnostic,
+                expired,
+                remote_mta: host,
+            },
+            &original,
+        );
+        let address = Address::parse(&r.mail_from).map_err(|e| e.to_string())?;
+        let tx = Transaction {
+            helo: self.hostname.clone(),
+            protocol: "ESMTP",
+            mail_from: String::new(),
+            recipients: vec![AcceptedRcpt {
+                address,
+                handle: r.handle.clone(),
+            }],
+            data: report,
+        };
+        match self.acceptor.store(tx, self.own_ip()).await {
+            StoreVerdict::Stored(_) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
+
+const NO_MX_CACHE: Option<
+    &mail_auth::common::cache::NoCache<Box<str>, mail_auth::RecordSet<mail_auth::MX>>,
+> = None;
+const NO_V4_CACHE: Option<
+    &mail_auth::common::cache::NoCache<Box<str>, mail_auth::RecordSet<std::net::Ipv4Addr>>,
+> = None;

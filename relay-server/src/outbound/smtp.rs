@@ -1,0 +1,422 @@
+//! The outbound SMTP client (RFC 5321): one connection to a destination,
+//! upgraded with STARTTLS when the server offers it (RFC 3207; opportunistic,
+//! RFC 7435, so any certificate is taken), then any number of messages on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// The longest reply accepted, all lines together.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// A server's reply: its code and its text (lines joined by spaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Reply {
+    fn positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again later; the server's reply or what went wrong.
+    Temporary(String),
+    /// Never: the server's reply.
+    Permanent(String),
+}
+
+impl Outcome {
+    fn from_reply(reply: &Reply) -> Self {
+        if reply.permanent() {
+            Outcome::Permanent(reply.to_string())
+        } else {
+            Outcome::Temporary(reply.to_string())
+        }
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+pub struct Connection {
+    stream: BufReader<Box<dyn Stream>>,
+    timeout: Duration,
+    pub tls: bool,
+    pub peer: SocketAddr,
+}
+
+/// Errors of the connection as a whole: every recipient waiting on it gets a
+/// temporary failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(SocketAddr, String),
+    #[error("{0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connection to {0}: {1}")]
+    Io(SocketAddr, String),
+    #[error("{0} answered {1}")]
+    Refused(SocketAddr, Reply),
+    #[error("{0} sent a malformed reply")]
+    Malformed(SocketAddr),
+}
+
+impl SmtpError {
+    /// Whether the server refused for good (a 5xx greeting or EHLO).
+    pub fn permanent(&self) -> bool {
+        matches!(self, SmtpError::Refused(_, r) if r.permanent())
+    }
+}
+
+/// A TLS client for opportunistic STARTTLS: encryption against passive
+/// listeners, with no certificate check (RFC 7435 §1.3).
+pub fn opportunistic_tls() -> TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+                .with_no_client_auth()
+        });
+    let config = match config {
+        Ok(c) => c,
+        // The ring provider supports the default versions; this is unreachable
+        // in practice, and a config without TLS 1.3 still works.
+        Err(_) => rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))))
+            .with_no_client_auth(),
+    };
+    TlsConnector::from(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Connection {
+    /// Connects, reads the greeting, says EHLO and starts TLS when offered.
+    pub async fn open(
+        peer: SocketAddr,
+        server_name: &str,
+        helo: &str,
+        tls: &TlsConnector,
+        timeout: Duration,
+    ) -> Result<Self, SmtpError> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(peer))
+            .await
+            .map_err(|_| SmtpError::Timeout(peer))?
+            .map_err(|e| SmtpError::Connect(peer, e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Connection {
+            stream: BufReader::new(Box::new(tcp) as Box<dyn Stream>),
+            timeout,
+            tls: false,
+            peer,
+        };
+        let greeting = conn.reply().await?;
+        if greeting.code != 220 {
+            return Err(SmtpError::Refused(peer, greeting));
+        }
+        let ehlo = conn.command(&format!("EHLO {helo}")).await?;
+        if !ehlo.positive() {
+            return Err(SmtpError::Refused(peer, ehlo));
+        }
+        let offers_tls = ehlo
+            .text
+            .split(' ')
+            .any(|w| w.eq_ignore_ascii_case("STARTTLS"));
+        if !offers_tls {
+            return Ok(conn);
+        }
+        let reply = conn.command("STARTTLS").await?;
+        if reply.code != 220 {
+            // Opportunistic: carry on in the clear.
+            return Ok(conn);
+        }
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(peer.ip().into()));
+        let plain = conn.stream.into_inner();
+        let upgraded = tokio::time::timeout(timeout, tls.connect(name, plain))
+            .await
+            .map_err(|_| SmtpError::Timeout(peer))?
+            .map_err(|e| SmtpError::Io(peer, format!("TLS handshake: {e}")))?;
+        let mut conn = Connection {
+            stream: BufReader::new(Box::new(upgraded) as Box<dyn Stream>),
+            timeout,
+            tls: true,
+            peer,
+        };
+        // RFC 3207 §4.2: everything learned before TLS is forgotten.
+        let ehlo = conn.command(&format!("EHLO {helo}")).await?;
+        if !ehlo.positive() {
+            return Err(SmtpError::Refused(peer, ehlo));
+        }
+        Ok(conn)
+    }
+
+    /// Sends one message; the outcome of each recipient, in order. An `Err`
+    /// means the connection is no longer usable.
+    pub async fn send(
+        &mut self,
+        mail_from: &str,
+        rcpts: &[String],
+        data: &[u8],
+    ) -> Result<Vec<Outcome>, SmtpError> {
+        let reply = self.command(&format!("MAIL FROM:<{mail_from}>")).await?;
+        if !reply.positive() {
+            let _ = self.command("RSET").await;
+            return Ok(vec![Outcome::from_reply(&reply); rcpts.len()]);
+        }
+        let mut outcomes = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let reply = self.command(&format!("RCPT TO:<{rcpt}>")).await?;
+            outcomes.push(if reply.positive() {
+                Outcome::Delivered
+            } else {
+                Outcome::from_reply(&reply)
+            });
+        }
+        if !outcomes.contains(&Outcome::Delivered) {
+            let _ = self.command("RSET").await;
+            return Ok(outcomes);
+        }
+        let reply = self.command("DATA").await?;
+        if reply.code != 354 {
+            let _ = self.command("RSET").await;
+            return Ok(rejected(outcomes, &reply));
+        }
+        self.write(&dot_stuff(data)).await?;
+        let reply = self.reply().await?;
+        if reply.code != 250 {
+            return Ok(rejected(outcomes, &reply));
+        }
+        Ok(outcomes)
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.command("QUIT").await;
+    }
+
+    async fn command(&mut self, line: &str) -> Result<Reply, SmtpError> {
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.reply().await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), SmtpError> {
+        let peer = self.peer;
+        let stream = self.stream.get_mut();
+        tokio::time::timeout(self.timeout, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| SmtpError::Timeout(peer))?
+        .map_err(|e| SmtpError::Io(peer, e.to_string()))
+    }
+
+    /// Reads one (possibly multi-line) reply (RFC 5321 §4.2.1).
+    async fn reply(&mut self) -> Result<Reply, SmtpError> {
+        let peer = self.peer;
+        let mut text = String::new();
+        let mut total = 0;
+        loop {
+            let mut line = Vec::new();
+            let n = tokio::time::timeout(self.timeout, self.stream.read_until(b'\n', &mut line))
+                .await
+                .map_err(|_| SmtpError::Timeout(peer))?
+                .map_err(|e| SmtpError::Io(peer, e.to_string()))?;
+            if n == 0 {
+                return Err(SmtpError::Io(peer, "connection closed".into()));
+            }
+            total += n;
+            if total > MAX_REPLY {
+                return Err(SmtpError::Malformed(peer));
+            }
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end();
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (200..600).contains(c))
+                .ok_or(SmtpError::Malformed(peer))?;
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(line.get(4..).unwrap_or_default());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(Reply { code, text });
+            }
+        }
+    }
+}
+
+/// Recipients accepted at RCPT but refused with the message.
+fn rejected(outcomes: Vec<Outcome>, reply: &Reply) -> Vec<Outcome> {
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Delivered => Outcome::from_reply(reply),
+            other => other,
+        })
+        .collect()
+}
+
+/// The message as DATA sends it: CRLF line ends, leading dots doubled
+/// (RFC 5321 §4.5.2), and the final `.`.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b"a\r\n.b\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+
+    #[tokio::test]
+    async fn talks_to_a_scripted_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = BufReader::new(s);
+            let mut got = Vec::new();
+            s.get_mut().write_all(b"220 hi\r\n").await.unwrap();
+            let replies: [&[u8]; 6] = [
+                b"250-x\r\n250 SIZE 10\r\n",
+                b"250 ok\r\n",
+                b"250 ok\r\n",
+                b"550 5.1.1 no such user\r\n",
+                b"354 go\r\n",
+                b"250 queued\r\n",
+            ];
+            for (i, r) in replies.iter().enumerate() {
+                loop {
+                    let mut line = Vec::new();
+                    s.read_until(b'\n', &mut line).await.unwrap();
+                    got.extend_from_slice(&line);
+                    if i != 5 || line == b".\r\n" {
+                        break;
+                    }
+                }
+                s.get_mut().write_all(r).await.unwrap();
+            }
+            got
+        });
+        let mut conn = Connection::open(
+            addr,
+            "localhost",
+            "relay.test",
+            &opportunistic_tls(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(!conn.tls);
+        let outcomes = conn
+            .send(
+                "a@b.test",
+                &["x@y.test".into(), "z@y.test".into()],
+                b"Subject: s\r\n\r\n.hi\r\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0], Outcome::Delivered);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Permanent("550 5.1.1 no such user".into())
+        );
+        let got = String::from_utf8(server.await.unwrap()).unwrap();
+        assert!(got.ends_with("Subject: s\r\n\r\n..hi\r\n.\r\n"), "{got}");
+    }
+}

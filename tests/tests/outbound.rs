@@ -1,0 +1,328 @@
+//! Sending, end to end with real peers: Python's smtplib submits to alice's
+//! node (STARTTLS, AUTH); the relay delivers to a real Postfix acting as
+//! example.org's MX on a loopback port (a static route); dkimpy verifies the
+//! DKIM signature with its key fetched from the relay's DNS. Postfix stopped:
+//! deferred, and delivered once it is back, across a relay `kill -9`. A 550
+//! from Postfix: a DSN in alice's INBOX, read over IMAP. alice to bob on the
+//! same relay: into bob's encrypted store, never through Postfix. Another
+//! account's address as sender: refused. A burst over the rate: 451 4.7.1,
+//! then accepted later. One test, so the peers start once (about a minute).
+
+use omb_tests::harness::{free_port, have_tool, is_root, wait_until, Node, Relay, TestDir};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/outbound_client.py");
+const PASSWORD: &str = "correct horse battery";
+
+fn client(mode: &str, config: &serde_json::Value) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(CLIENT)
+        .arg(mode)
+        .arg(config.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A standalone Postfix instance as example.org's MX on a loopback port,
+/// delivering every accepted recipient into one Maildir, refusing
+/// `reject@example.org` with 550 5.1.1, and making no DNS lookups.
+struct Postfix {
+    conf: PathBuf,
+    maildir: PathBuf,
+}
+
+impl Postfix {
+    fn new(dir: &Path, port: u16) -> Self {
+        let root = dir.join("postfix");
+        let (conf, queue, data, mail) = (
+            root.join("conf"),
+            root.join("queue"),
+            root.join("data"),
+            root.join("mail"),
+        );
+        for d in [&conf, &queue, &data, &mail] {
+            std::fs::create_dir_all(d).expect("postfix folders");
+        }
+        let r = root.display();
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {r}/queue\ndata_directory = {r}/data\n\
+                 myhostname = mx.example.org\nmydomain = example.org\nmyorigin = example.org\n\
+                 mydestination =\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
+                 mynetworks = 127.0.0.0/8\nsmtp_dns_support_level = disabled\n\
+                 smtpd_peername_lookup = no\nmaillog_file_prefixes = {r}\nmaillog_file = {r}/maillog\n\
+                 virtual_mailbox_domains = example.org\nvirtual_mailbox_base = {r}/mail\n\
+                 virtual_mailbox_maps = static:inbox/\nvirtual_uid_maps = static:65534\n\
+                 virtual_gid_maps = static:65534\nalias_maps =\nalias_database =\n\
+                 smtpd_recipient_restrictions = check_recipient_access inline:{{ {{reject@example.org=550 5.1.1 no such user here}} }}, permit_mynetworks, reject\n"
+            ),
+        )
+        .expect("main.cf");
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("master.cf");
+        let master: String = master
+            .lines()
+            .map(|l| {
+                if l.starts_with("smtp      inet") {
+                    format!("127.0.0.1:{port} inet n - n - - smtpd\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(conf.join("master.cf"), master).expect("master.cf");
+        for (path, owner) in [(&data, "postfix"), (&mail, "65534:65534")] {
+            let ok = Command::new("chown")
+                .arg(owner)
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown {owner} {}", path.display());
+        }
+        Postfix {
+            conf,
+            maildir: mail.join("inbox"),
+        }
+    }
+
+    fn postfix(&self, action: &str) {
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg(action)
+            .output()
+            .expect("run postfix");
+        assert!(
+            out.status.success() || action == "stop",
+            "postfix {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every message delivered so far.
+    fn messages(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in entries.flatten() {
+                    out.push(std::fs::read(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    fn with_subject(&self, subject: &str) -> Option<Vec<u8>> {
+        self.messages()
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(m).contains(subject))
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A linked node with submission (STARTTLS) and IMAP listeners and a password.
+fn node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, SocketAddr, SocketAddr) {
+    let token = relay.add_account(handle);
+    let node = Node::new(dir, relay, handle, Some(&token));
+    let submission = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let imap = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut config = std::fs::read_to_string(&node.config).expect("node config");
+    config.push_str(&format!(
+        "\n[access]\nsubmission = \"{submission}\"\nimap = \"{imap}\"\n"
+    ));
+    std::fs::write(&node.config, config).expect("node config");
+    let mut child = Command::new(omb_tests::harness::bin("omb-node"))
+        .arg("-c")
+        .arg(&node.config)
+        .arg("password")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("omb-node password");
+    use std::io::Write;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(PASSWORD.as_bytes()).expect("password");
+    }
+    assert!(child.wait().expect("password").success());
+    (node, submission, imap)
+}
+
+fn send(
+    submission: SocketAddr,
+    user: &str,
+    mail_from: &str,
+    from: &str,
+    to: &[&str],
+    subject: &str,
+) -> String {
+    let (_, out) = client(
+        "send",
+        &serde_json::json!({
+            "submission": submission.to_string(), "user": user, "password": PASSWORD,
+            "mail_from": mail_from, "from": from, "to": to, "subject": subject,
+        }),
+    );
+    out
+}
+
+#[test]
+fn sending_through_the_relay_to_postfix_and_between_accounts() {
+    if !is_root() || !have_tool("postfix") || !have_tool("python3") {
+        eprintln!("skipped: needs root, postfix and python3 (scripts/install-peers)");
+        return;
+    }
+    let dir = TestDir::new("outbound");
+    let postfix_port = free_port();
+    let extra = format!(
+        "[outbound]\nroutes = {{ \"example.org\" = \"127.0.0.1:{postfix_port}\" }}\n\
+         retry_secs = [1, 1, 2]\npoll_ms = 200\ntimeout_secs = 10\nper_minute = 3\n"
+    );
+    let mut relay = Relay::new(dir.path(), "sqlite", &extra);
+    relay.start();
+    let (mut alice, alice_sub, alice_imap) = node_with_access(dir.path(), &relay, "alice");
+    let (mut bob, _, _) = node_with_access(dir.path(), &relay, "bob");
+    alice.start();
+    bob.start();
+    alice.wait_tunnel_ups(1, Duration::from_secs(60));
+    bob.wait_tunnel_ups(1, Duration::from_secs(60));
+    let postfix = Postfix::new(dir.path(), postfix_port);
+    postfix.postfix("start");
+    let a = "alice@sandbox.test";
+
+    // 1. smtplib -> alice's node -> relay -> Postfix; dkimpy verifies.
+    let reply = send(alice_sub, a, a, a, &["bob@example.org"], "first message");
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_until(
+        Duration::from_secs(30),
+        "Postfix receives the message",
+        || postfix.with_subject("first message").is_some(),
+    );
+    let received = postfix.with_subject("first message").unwrap_or_default();
+    let file = dir.path().join("first.eml");
+    std::fs::write(&file, &received).expect("write");
+    let (ok, out) = client(
+        "dkim",
+        &serde_json::json!({"file": file, "dns": relay.dns.to_string()}),
+    );
+    assert!(ok, "dkimpy: {out}");
+    assert_eq!(
+        out.trim(),
+        "sandbox.test",
+        "signed by (aligned with) the From domain"
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("s=alice;"), "selector is the handle: {text}");
+    assert!(!text.contains("..leading dot line") && text.contains(".leading dot line"));
+
+    // 2. Postfix down: deferred; the relay killed and restarted meanwhile;
+    //    delivered once Postfix is back.
+    postfix.postfix("stop");
+    let reply = send(alice_sub, a, a, a, &["carol@example.org"], "second message");
+    assert!(
+        reply.starts_with("250"),
+        "queued while Postfix is down: {reply}"
+    );
+    wait_until(Duration::from_secs(20), "a deferral", || {
+        relay.log_text().contains("deferred")
+    });
+    relay.kill9();
+    relay.start();
+    postfix.postfix("start");
+    wait_until(
+        Duration::from_secs(60),
+        "delivery after Postfix is back",
+        || postfix.with_subject("second message").is_some(),
+    );
+
+    // 3. A 550 from Postfix: a DSN in alice's INBOX, over IMAP.
+    let reply = send(
+        alice_sub,
+        a,
+        a,
+        a,
+        &["reject@example.org"],
+        "doomed message",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let imap = serde_json::json!({"imap": alice_imap.to_string(), "user": a,
+        "password": PASSWORD, "subject": "Undelivered mail to reject@example.org"});
+    wait_until(Duration::from_secs(60), "the DSN over IMAP", || {
+        client("imap", &imap).0
+    });
+    let (_, dsn) = client("imap", &imap);
+    assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
+    assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
+    assert!(dsn.contains("Subject: doomed message"), "{dsn}");
+
+    // 4. alice -> bob on the same relay: into bob's store, encrypted, never
+    //    through Postfix.
+    let before = postfix.messages().len();
+    let reply = send(alice_sub, a, a, a, &["bob@sandbox.test"], "hello bob");
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_until(Duration::from_secs(60), "bob's node stores it", || {
+        bob.uids()
+            .iter()
+            .any(|u| String::from_utf8_lossy(&bob.show(*u)).contains("hello bob"))
+    });
+    let uid = *bob.uids().last().expect("a message");
+    let raw = String::from_utf8_lossy(&bob.show_raw(uid)).into_owned();
+    assert!(
+        raw.contains("BEGIN PGP MESSAGE") && !raw.contains("hello bob"),
+        "stored encrypted"
+    );
+    assert_eq!(postfix.messages().len(), before, "nothing left the relay");
+
+    // 5. Another account's address, as envelope sender or as From: refused.
+    let b = "bob@sandbox.test";
+    let reply = send(alice_sub, a, b, b, &["x@example.org"], "forged 1");
+    assert!(reply.starts_with("553"), "{reply}");
+    let reply = send(alice_sub, a, a, b, &["x@example.org"], "forged 2");
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+
+    // 6. A burst over the rate (3 a minute, the relay's bucket full again
+    //    since its restart, two used since): 451 4.7.1 as the app sees it,
+    //    and accepted once the bucket has refilled (one every 20 s).
+    let mut limited = 0;
+    for i in 0..6 {
+        let reply = send(
+            alice_sub,
+            a,
+            a,
+            a,
+            &["bob@example.org"],
+            &format!("burst {i}"),
+        );
+        if reply.starts_with("451 4.7.1") {
+            limited += 1;
+        } else {
+            assert!(reply.starts_with("250"), "{reply}");
+        }
+    }
+    assert!(limited >= 4, "{limited} of 6 limited");
+    wait_until(Duration::from_secs(60), "accepted after the burst", || {
+        std::thread::sleep(Duration::from_secs(4));
+        send(alice_sub, a, a, a, &["bob@example.org"], "after the burst").starts_with("250")
+    });
+    drop(alice);
+    drop(bob);
+}
