@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -51,30 +52,41 @@ fn internal(e: StoreError) -> Response {
     )
 }
 
-/// The account of the bearer token, or the `401` to send.
-async fn account(ctx: &WebContext, headers: &HeaderMap) -> Result<String, Response> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let unauthorized = |message: &str| {
-        let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        response
-    };
-    let Some(token) = token else {
-        return Err(unauthorized(
-            "send your account's API token as `Authorization: Bearer TOKEN`",
-        ));
-    };
-    match ctx.store.api_token_account(token).await {
-        Ok(Some(handle)) => Ok(handle),
-        Ok(None) => Err(unauthorized("unknown API token")),
-        Err(e) => Err(internal(e)),
+/// The account of the request's bearer token; a handler that takes it answers
+/// `401` by itself to requests without a valid one.
+struct Account(String);
+
+impl FromRequestParts<Arc<WebContext>> for Account {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &Arc<WebContext>,
+    ) -> Result<Self, Response> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let unauthorized = |message: &str| {
+            let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        };
+        let Some(token) = token else {
+            return Err(unauthorized(
+                "send your account's API token as `Authorization: Bearer TOKEN`",
+            ));
+        };
+        match ctx.store.api_token_account(token).await {
+            Ok(Some(handle)) => Ok(Account(handle)),
+            Ok(None) => Err(unauthorized("unknown API token")),
+            Err(e) => Err(internal(e)),
+        }
     }
 }
 
@@ -109,13 +121,9 @@ fn describe(domains: &Domains, domain: &Domain) -> Value {
 
 async fn add(
     State(ctx): State<Arc<WebContext>>,
-    headers: HeaderMap,
+    Account(handle): Account,
     Json(body): Json<AddDomain>,
 ) -> Response {
-    let handle = match account(&ctx, &headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
     let name = match check_domain_name(&body.domain, &ctx.domains.settings().relay_domain) {
         Ok(name) => name,
         Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_domain", why),
@@ -129,11 +137,7 @@ async fn add(
     }
 }
 
-async fn list(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
-    let handle = match account(&ctx, &headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
+async fn list(State(ctx): State<Arc<WebContext>>, Account(handle): Account) -> Response {
     match ctx.store.domains(Some(&handle)).await {
         Ok(domains) => {
             let all: Vec<Value> = domains
@@ -148,13 +152,9 @@ async fn list(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Respons
 
 async fn show(
     State(ctx): State<Arc<WebContext>>,
-    headers: HeaderMap,
+    Account(handle): Account,
     Path(name): Path<String>,
 ) -> Response {
-    let handle = match account(&ctx, &headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
     match own_domain(&ctx, &handle, &name).await {
         Ok(domain) => Json(describe(&ctx.domains, &domain)).into_response(),
         Err(r) => r,
@@ -163,13 +163,9 @@ async fn show(
 
 async fn verify(
     State(ctx): State<Arc<WebContext>>,
-    headers: HeaderMap,
+    Account(handle): Account,
     Path(name): Path<String>,
 ) -> Response {
-    let handle = match account(&ctx, &headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
     let domain = match own_domain(&ctx, &handle, &name).await {
         Ok(d) => d,
         Err(r) => return r,
@@ -182,13 +178,9 @@ async fn verify(
 
 async fn remove(
     State(ctx): State<Arc<WebContext>>,
-    headers: HeaderMap,
+    Account(handle): Account,
     Path(name): Path<String>,
 ) -> Response {
-    let handle = match account(&ctx, &headers).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
     match ctx.store.remove_domain(&handle, &name).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(
