@@ -1,0 +1,98 @@
+//! The relay's store, outbound side: the queue of submitted mail, its
+//! recipients' leases, retries and completion, and the daily count; on SQLite
+//! and on PostgreSQL (see `common/mod.rs`).
+
+mod common;
+
+use common::*;
+use omb_relay::store::NewOutbound;
+
+on_both_backends!(
+    a_message_is_queued_once_and_leaves_with_its_last_recipient,
+    claimed_recipients_are_leased_and_deferred_ones_wait,
+);
+
+fn message(submission_id: &str, rcpts: &[&str]) -> NewOutbound {
+    NewOutbound {
+        handle: "alice".into(),
+        submission_id: submission_id.into(),
+        mail_from: "alice@sandbox.test".into(),
+        rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+        data: b"From: alice@sandbox.test\r\n\r\nhello\r\n".to_vec(),
+    }
+}
+
+async fn a_message_is_queued_once_and_leaves_with_its_last_recipient(url: String) {
+    let store = store_with(&url, &["alice"]).await;
+    let rcpts = ["bob@example.org", "Bob@Example.ORG", "carol@example.net"];
+    let id = store
+        .outbound_insert(&message("s1", &rcpts))
+        .await
+        .expect("queue");
+    // The node sends the same submission again after a broken tunnel.
+    let again = store
+        .outbound_insert(&message("s1", &rcpts))
+        .await
+        .expect("queue again");
+    assert_eq!(again, id);
+    assert_eq!(store.outbound_today("alice").await.expect("count"), 1);
+    // One row per recipient, whatever its letter case.
+    let pending = store.outbound_pending().await.expect("pending");
+    assert_eq!(pending.len(), 2, "{pending:?}");
+
+    store
+        .outbound_done(&id, "bob@example.org")
+        .await
+        .expect("done");
+    assert!(store.outbound_data(&id).await.expect("data").is_some());
+    store
+        .outbound_done(&id, "carol@example.net")
+        .await
+        .expect("done");
+    assert!(store.outbound_data(&id).await.expect("data").is_none());
+    assert!(store.outbound_pending().await.expect("pending").is_empty());
+    store.close().await;
+}
+
+async fn claimed_recipients_are_leased_and_deferred_ones_wait(url: String) {
+    let store = store_with(&url, &["alice"]).await;
+    let id = store
+        .outbound_insert(&message("s2", &["bob@example.org"]))
+        .await
+        .expect("queue");
+    let due = store.outbound_claim(10, 60).await.expect("claim");
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].id.as_str(), due[0].domain.as_str(), due[0].attempts),
+        (id.as_str(), "example.org", 0)
+    );
+    assert_eq!(due[0].handle, "alice");
+    // Leased: nobody else takes it meanwhile.
+    assert!(store
+        .outbound_claim(10, 60)
+        .await
+        .expect("claim")
+        .is_empty());
+
+    // A temporary failure: counted, and due again only at the time given.
+    let later = omb_relay::store::now() + 3600;
+    store
+        .outbound_defer(&id, "bob@example.org", later, "451 try later")
+        .await
+        .expect("defer");
+    let pending = store.outbound_pending().await.expect("pending");
+    assert_eq!(pending[0].2, 1);
+    assert_eq!(pending[0].3.as_deref(), Some("451 try later"));
+    assert!(store
+        .outbound_claim(10, 60)
+        .await
+        .expect("claim")
+        .is_empty());
+    store
+        .outbound_defer(&id, "bob@example.org", 0, "451 again")
+        .await
+        .expect("defer");
+    let due = store.outbound_claim(10, 60).await.expect("claim");
+    assert_eq!((due.len(), due[0].attempts), (1, 2));
+    store.close().await;
+}
