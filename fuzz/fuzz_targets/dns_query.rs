@@ -41,6 +41,7 @@ fn zone() -> &'static RelayZone {
             cert: Some(vec![0x99; 64]),
             dkim: vec!["v=DKIM1; k=ed25519; p=AAAA".into()],
             acme: vec!["token".into()],
+            version: 1,
         });
         zone.set_account(&AccountDns {
             handle: "bob".into(),
