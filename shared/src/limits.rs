@@ -1,10 +1,85 @@
 //! Limits on simultaneous connections, per client address and in all, for the
 //! TCP servers of both programs (the relay's MX and SNI passthrough, the
-//! node's IMAP and POP3).
+//! node's IMAP, POP3 and submission), and the accept loop that applies them.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+/// The pause after a failed `accept`, so a persistent error (no more file
+/// descriptors) does not spin a core.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long a refused client gets to take its refusal line.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP server's front door: what it is called in logs, and the line that
+/// tells a client over the limits why it is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Door {
+    /// `imap`, `pop3`, `submission`…: the `service` field of each
+    /// connection's span.
+    pub service: &'static str,
+    /// Whether the port speaks TLS from the first byte: such a client gets no
+    /// plaintext refusal line (it would read it as a broken handshake).
+    pub implicit_tls: bool,
+    /// The protocol's "too busy" reply, CRLF included.
+    pub refusal: &'static [u8],
+}
+
+/// Accepts connections until the task is dropped. A connection over `limits`
+/// gets the door's refusal line and is closed; each admitted one runs
+/// `handle` on a task of its own, inside a span naming the service and the
+/// peer, and holds its place in the limits until `handle` returns.
+pub async fn serve_admitted<F, Fut>(
+    listener: TcpListener,
+    limits: Arc<ConnectionLimits>,
+    door: Door,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, service = door.service, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let span =
+            tracing::info_span!("conn", service = door.service, %peer, tls = door.implicit_tls);
+        let Some(admitted) = limits.admit(peer.ip()) else {
+            let _enter = span.enter();
+            tracing::warn!("too many connections from this address; refused");
+            if !door.implicit_tls {
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ =
+                        tokio::time::timeout(REFUSAL_TIMEOUT, stream.write_all(door.refusal)).await;
+                });
+            }
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(
+            async move {
+                handle(stream, peer).await;
+                drop(admitted);
+                tracing::debug!("closed");
+            }
+            .instrument(span),
+        );
+    }
+}
 
 pub struct ConnectionLimits {
     per_ip: usize,

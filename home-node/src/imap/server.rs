@@ -7,14 +7,13 @@ use super::deflate::Deflate;
 use super::session::{status, Limits, Session, State};
 use crate::access::AccessContext;
 use imap_codec::imap_types::response::{Code, Response, Status, StatusKind};
-use omb_shared::limits::ConnectionLimits;
+use omb_shared::limits::{serve_admitted, ConnectionLimits, Door};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast::error::RecvError;
-use tracing::Instrument;
 
 /// RFC 9051 5.4: at least 30 minutes once logged in.
 const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(31 * 60);
@@ -49,35 +48,17 @@ impl Server {
 
     /// Accepts connections for ever.
     pub async fn run(self, listener: TcpListener, implicit_tls: bool) {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "IMAP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        let door = Door {
+            service: "imap",
+            implicit_tls,
+            refusal: b"* BYE [UNAVAILABLE] too many connections from your address\r\n",
+        };
+        let limits = self.connections.clone();
+        serve_admitted(listener, limits, door, move |stream, peer| {
             let server = self.clone();
-            let span = tracing::info_span!("imap", %peer, tls = implicit_tls);
-            tokio::spawn(
-                async move {
-                    let Some(slot) = server.connections.admit(peer.ip()) else {
-                        tracing::warn!("too many connections from this address");
-                        let mut stream = stream;
-                        let _ = stream
-                            .write_all(
-                                b"* BYE [UNAVAILABLE] too many connections from your address\r\n",
-                            )
-                            .await;
-                        return;
-                    };
-                    server.connection(stream, peer, implicit_tls).await;
-                    drop(slot);
-                }
-                .instrument(span),
-            );
-        }
+            async move { server.connection(stream, peer, implicit_tls).await }
+        })
+        .await;
     }
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, implicit_tls: bool) {

@@ -6,7 +6,7 @@ use super::message;
 use super::session::{Action, Loaded, LoginVerdict, MaildropEntry, Session, SessionConfig};
 use crate::access::login::LoginError;
 use crate::access::AccessContext;
-use omb_shared::limits::ConnectionLimits;
+use omb_shared::limits::{serve_admitted, ConnectionLimits, Door};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedMutexGuard;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
 /// Limits of the POP3 server.
 #[derive(Debug, Clone)]
@@ -71,38 +71,17 @@ impl Pop3Server {
 /// Accepts connections until the task is dropped. `implicit_tls`: the POP3S
 /// port (TLS from the first byte); otherwise plain POP3 with STLS.
 pub async fn serve(listener: TcpListener, server: Arc<Pop3Server>, implicit_tls: bool) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "POP3 accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let door = Door {
+        service: "pop3",
+        implicit_tls,
+        refusal: b"-ERR [SYS/TEMP] too many connections from your address; try again later\r\n",
+    };
+    let limits = server.connections.clone();
+    serve_admitted(listener, limits, door, move |stream, peer| {
         let server = server.clone();
-        let span = info_span!("pop3", %peer, tls = implicit_tls);
-        tokio::spawn(
-            async move {
-                let Some(admitted) = server.connections.admit(peer.ip()) else {
-                    debug!("too many connections; refused");
-                    if !implicit_tls {
-                        let mut stream = stream;
-                        let _ = tokio::time::timeout(
-                            WRITE_TIMEOUT,
-                            stream.write_all(b"-ERR [SYS/TEMP] too many connections from your address; try again later\r\n"),
-                        )
-                        .await;
-                    }
-                    return;
-                };
-                connection(stream, peer, &server, implicit_tls).await;
-                drop(admitted);
-                debug!("closed");
-            }
-            .instrument(span),
-        );
-    }
+        async move { connection(stream, peer, &server, implicit_tls).await }
+    })
+    .await;
 }
 
 /// What one connection holds besides its session.

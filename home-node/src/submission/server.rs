@@ -9,7 +9,7 @@ use crate::access::login::LoginError;
 use crate::access::AccessContext;
 use crate::keys::Keys;
 use crate::tunnel::{AccountFacts, SubmitRequest};
-use omb_shared::limits::ConnectionLimits;
+use omb_shared::limits::{serve_admitted, ConnectionLimits, Door};
 use omb_shared::protocol::{Submission, SubmitOutcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
 /// Limits of the submission server.
 #[derive(Debug, Clone)]
@@ -114,38 +114,17 @@ impl SubmissionServer {
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, server: Arc<SubmissionServer>, implicit_tls: bool) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "submission accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let door = Door {
+        service: "submission",
+        implicit_tls,
+        refusal: b"421 4.7.0 Too many connections from your address\r\n",
+    };
+    let limits = server.connections.clone();
+    serve_admitted(listener, limits, door, move |stream, peer| {
         let server = server.clone();
-        let span = info_span!("submission", %peer, tls = implicit_tls);
-        tokio::spawn(
-            async move {
-                let Some(admitted) = server.connections.admit(peer.ip()) else {
-                    if !implicit_tls {
-                        let mut stream = stream;
-                        let _ = tokio::time::timeout(
-                            WRITE_TIMEOUT,
-                            stream
-                                .write_all(b"421 4.7.0 Too many connections from your address\r\n"),
-                        )
-                        .await;
-                    }
-                    return;
-                };
-                connection(stream, peer, &server, implicit_tls).await;
-                drop(admitted);
-                debug!("closed");
-            }
-            .instrument(span),
-        );
-    }
+        async move { connection(stream, peer, &server, implicit_tls).await }
+    })
+    .await;
 }
 
 async fn connection(
