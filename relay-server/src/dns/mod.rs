@@ -5,9 +5,10 @@
 //! - a [`ZoneSource`] answers one question from records: [`RelayZone`] holds the relay's
 //!   zone in memory ([`ZoneData`]: the fixed names of a [`ZoneConfig`] and the names of
 //!   every account) and follows the database, so that changes are served at once;
-//! - a [`DnsServer`] does only the wire work (RFC 1035 §4, RFC 6891 EDNS(0), RFC 7766
-//!   TCP): parse, ask the source, build the reply, truncate, frame. The protocol part is the
-//!   I/O-free `wire::respond`; `server` drives it from UDP and TCP sockets.
+//! - a [`DnsServer`] is hickory-server's `Server` (UDP and TCP, RFC 1035 §4, RFC 7766)
+//!   with this crate's request handler: hickory parses and frames, the I/O-free
+//!   `wire::reply` decides each reply (EDNS(0) per RFC 6891, truncation, negative
+//!   answers) from the source.
 //!
 //! Around them: [`ZoneKey`] signs the zone online (DNSSEC, RFC 4033–4035) with NSEC
 //! denial of existence computed from the zone's canonical order (`nsec`); `transfer`
@@ -47,14 +48,12 @@ pub use zone::{ZoneConfig, ZoneData, ZoneError};
 /// The I/O-free query path, for the fuzz target (`fuzz/fuzz_targets/dns_query.rs`).
 #[doc(hidden)]
 pub mod fuzzing {
+    use hickory_server::net::xfer::Protocol;
+
     /// Answers one message as the server would on UDP (`tcp == false`) or TCP.
     pub fn respond(packet: &[u8], tcp: bool, zone: &dyn super::ZoneSource) -> Option<Vec<u8>> {
-        let transport = if tcp {
-            super::wire::Transport::Tcp
-        } else {
-            super::wire::Transport::Udp
-        };
-        super::wire::respond_unguarded(packet, transport, zone)
+        let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+        super::wire::respond(packet, protocol, zone)
     }
 }
 

@@ -14,10 +14,10 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::time::Instant;
 
+use hickory_proto::op::{LowerQuery, ResponseCode};
 use serde::Deserialize;
 
-/// The header (RFC 1035 §4.1.1) ends here; the question starts.
-const HEADER_LEN: usize = 12;
+use super::wire::Reply;
 /// Buckets kept at most; beyond, idle ones are forgotten.
 const MAX_BUCKETS: usize = 65_536;
 
@@ -58,8 +58,8 @@ impl Default for RrlConfig {
 pub(super) enum Verdict {
     /// Send it.
     Send,
-    /// Send this empty, truncated response instead.
-    Slip(Vec<u8>),
+    /// Send the reply empty, with TC set ([`Reply::truncated`]).
+    Slip,
     /// Send nothing.
     Drop,
 }
@@ -113,15 +113,19 @@ impl Limiter {
         }))
     }
 
-    /// Counts `response` (as [`super::wire::respond`] made it) to `client` at `now`.
-    pub(super) fn check(&mut self, client: IpAddr, response: &[u8], now: Instant) -> Verdict {
+    /// Counts `reply` to `question` from `client` at `now`.
+    pub(super) fn check(
+        &mut self,
+        client: IpAddr,
+        reply: &Reply,
+        question: Option<&LowerQuery>,
+        now: Instant,
+    ) -> Verdict {
         let client = client.to_canonical();
         if self.exempt.iter().any(|n| n.contains(client)) {
             return Verdict::Send;
         }
-        let Some((kind, question, question_end)) = classify(response) else {
-            return Verdict::Send;
-        };
+        let (kind, question) = classify(reply, question);
         let key = Key {
             network: self.network(client),
             kind,
@@ -146,7 +150,7 @@ impl Limiter {
         bucket.over += 1;
         let slip = u64::from(self.config.slip);
         if slip > 0 && bucket.over.is_multiple_of(slip) {
-            truncated(response, question_end).map_or(Verdict::Drop, Verdict::Slip)
+            Verdict::Slip
         } else {
             Verdict::Drop
         }
@@ -183,49 +187,21 @@ fn mask(value: u128, bits: u8, prefix: u8) -> u128 {
     (value >> keep) << keep
 }
 
-/// The kind, the question's hash and where the question ends, read from a response.
-fn classify(response: &[u8]) -> Option<(Kind, u64, usize)> {
-    let header = response.get(..HEADER_LEN)?;
-    let rcode = header[3] & 0x0f;
-    let answers = u16::from_be_bytes([header[6], header[7]]);
-    let qcount = u16::from_be_bytes([header[4], header[5]]);
-    // The question: a name of plain labels (the first name of a message cannot be
-    // compressed), then type and class.
-    let (name_end, question_end) = if qcount == 0 {
-        (HEADER_LEN, HEADER_LEN)
-    } else {
-        let mut at = HEADER_LEN;
-        loop {
-            let len = usize::from(*response.get(at)?);
-            if len == 0 || len > 63 {
-                break;
-            }
-            at += 1 + len;
-        }
-        (at + 1, at + 5)
-    };
-    let mut hash = std::collections::hash_map::DefaultHasher::new();
-    let kind = match (rcode, answers) {
-        (0, 0) => Kind::NoData,
-        (0, _) => Kind::Answer,
-        (3, _) => Kind::NxDomain,
+/// The kind of `reply` and the hash of what it counts against: the question (name
+/// without case, and type) for answers and NODATA, nothing for NXDOMAIN and errors.
+fn classify(reply: &Reply, question: Option<&LowerQuery>) -> (Kind, u64) {
+    let kind = match reply.metadata.response_code {
+        ResponseCode::NoError if reply.answers.is_empty() => Kind::NoData,
+        ResponseCode::NoError => Kind::Answer,
+        ResponseCode::NXDomain => Kind::NxDomain,
         _ => Kind::Error,
     };
-    if matches!(kind, Kind::Answer | Kind::NoData) {
-        let name = response.get(HEADER_LEN..name_end)?;
-        name.to_ascii_lowercase().hash(&mut hash);
-        response.get(name_end..name_end + 2)?.hash(&mut hash);
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    if let (Kind::Answer | Kind::NoData, Some(question)) = (kind, question) {
+        question.name().hash(&mut hash);
+        u16::from(question.query_type()).hash(&mut hash);
     }
-    Some((kind, hash.finish(), question_end))
-}
-
-/// The response's header and question only, with TC set and no records.
-fn truncated(response: &[u8], question_end: usize) -> Option<Vec<u8>> {
-    let mut out = response.get(..question_end)?.to_vec();
-    out[2] |= 0x02;
-    // ANCOUNT, NSCOUNT, ARCOUNT.
-    out[6..HEADER_LEN].fill(0);
-    Some(out)
+    (kind, hash.finish())
 }
 
 #[cfg(test)]
@@ -233,16 +209,23 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::{Duration, Instant};
 
-    use hickory_proto::op::Message;
+    use hickory_proto::op::LowerQuery;
     use hickory_proto::rr::RecordType;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::server::Request;
 
     use super::{Limiter, RrlConfig, Verdict};
     use crate::dns::tests::{query, sandbox_zone};
-    use crate::dns::wire::{respond, Transport};
+    use crate::dns::wire::{reply, Reply};
 
-    fn response(name: &str, qtype: RecordType) -> Vec<u8> {
-        let request = query(name, qtype, Some(1232)).to_vec().expect("encode");
-        respond(&request, Transport::Udp, sandbox_zone().as_ref()).expect("a response")
+    /// The reply to a query for `name` and `qtype`, and its question.
+    fn response(name: &str, qtype: RecordType) -> (Reply, Option<LowerQuery>) {
+        let bytes = query(name, qtype, Some(1232)).to_vec().expect("encode");
+        let request =
+            Request::from_bytes(bytes, "192.0.2.1:53".parse().expect("addr"), Protocol::Udp)
+                .expect("parses");
+        let reply = reply(&request, Protocol::Udp, sandbox_zone().as_ref()).expect("a reply");
+        (reply, request.queries.queries().first().cloned())
     }
 
     #[test]
@@ -258,36 +241,39 @@ mod tests {
         let flooder = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
         let neighbour = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200));
         let other = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
-        let mx = response("sandbox.test.", RecordType::MX);
-        let verdicts: Vec<Verdict> = (0..9).map(|_| limiter.check(flooder, &mx, start)).collect();
+        let (mx, mx_q) = response("sandbox.test.", RecordType::MX);
+        let mx_q = mx_q.as_ref();
+        let verdicts: Vec<Verdict> = (0..9)
+            .map(|_| limiter.check(flooder, &mx, mx_q, start))
+            .collect();
         assert!(
             verdicts[..5].iter().all(|v| *v == Verdict::Send),
             "{verdicts:?}"
         );
-        let slipped: Vec<&Vec<u8>> = verdicts[5..]
+        let slipped = verdicts[5..]
             .iter()
-            .filter_map(|v| match v {
-                Verdict::Slip(bytes) => Some(bytes),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(slipped.len(), 2, "every second one over the limit slips");
-        let tc = Message::from_vec(slipped[0]).expect("a message");
-        assert!(tc.truncation && tc.answers.is_empty() && tc.queries.len() == 1);
+            .filter(|v| **v == Verdict::Slip)
+            .count();
+        assert_eq!(slipped, 2, "every second one over the limit slips");
+        let tc = mx.truncated();
+        assert!(tc.metadata.truncation && tc.answers.is_empty() && tc.edns.is_some());
         // Same /24: limited too. Another network, or another question: not.
-        assert_ne!(limiter.check(neighbour, &mx, start), Verdict::Send);
-        assert_eq!(limiter.check(other, &mx, start), Verdict::Send);
-        let a = response("sandbox.test.", RecordType::A);
-        assert_eq!(limiter.check(flooder, &a, start), Verdict::Send);
+        assert_ne!(limiter.check(neighbour, &mx, mx_q, start), Verdict::Send);
+        assert_eq!(limiter.check(other, &mx, mx_q, start), Verdict::Send);
+        let (a, a_q) = response("sandbox.test.", RecordType::A);
+        assert_eq!(
+            limiter.check(flooder, &a, a_q.as_ref(), start),
+            Verdict::Send
+        );
         // Tokens come back with time.
         let later = start + Duration::from_millis(400);
-        assert_eq!(limiter.check(flooder, &mx, later), Verdict::Send);
+        assert_eq!(limiter.check(flooder, &mx, mx_q, later), Verdict::Send);
 
         // NXDOMAIN for different names share one bucket.
         let sent = (0..20)
             .filter(|i| {
-                let nx = response(&format!("r{i}.nowhere.sandbox.test."), RecordType::A);
-                limiter.check(other, &nx, start) == Verdict::Send
+                let (nx, nx_q) = response(&format!("r{i}.nowhere.sandbox.test."), RecordType::A);
+                limiter.check(other, &nx, nx_q.as_ref(), start) == Verdict::Send
             })
             .count();
         assert_eq!(sent, 5);
@@ -298,10 +284,14 @@ mod tests {
         let mut limiter = Limiter::new(&RrlConfig::default())
             .expect("valid")
             .expect("enabled");
-        let mx = response("sandbox.test.", RecordType::MX);
+        let (mx, mx_q) = response("sandbox.test.", RecordType::MX);
         let now = Instant::now();
-        assert!((0..100)
-            .all(|_| limiter.check(IpAddr::V4(Ipv4Addr::LOCALHOST), &mx, now) == Verdict::Send));
+        assert!((0..100).all(|_| limiter.check(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            &mx,
+            mx_q.as_ref(),
+            now
+        ) == Verdict::Send));
         let off = RrlConfig {
             enabled: false,
             ..RrlConfig::default()

@@ -1,33 +1,32 @@
-//! The sockets: UDP and TCP on one port, each message handed to [`wire::respond`].
+//! The sockets: hickory-server's [`Server`] on UDP and TCP of one port, with
+//! [`Handler`] deciding every reply from the zone.
 
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout};
+use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
 use tracing::{debug, warn};
 
 use super::rrl::{Limiter, RrlConfig, Verdict};
 use super::transfer::{self, TransferAcl};
-use super::wire::{self, Transport};
+use super::wire::{self, Reply};
 use super::ZoneSource;
 
-/// How long a TCP connection may stay silent between queries, and how long one read or
-/// write may take (RFC 7766 §6.2.3 asks for a timeout; BIND's default is 30 s).
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest query accepted over TCP. Queries hold one question (at most ~260 bytes)
-/// and an OPT record; anything much longer is not a query, and the connection is closed.
-const MAX_TCP_QUERY: usize = 4096;
-/// Open TCP connections beyond this are closed at once, so idle clients cannot use up
-/// memory or file descriptors.
-const MAX_TCP_CONNECTIONS: usize = 256;
-/// The pause after a failed `accept` or `recv`, so a persistent error (no more file
-/// descriptors) does not spin a core.
-const ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How long a TCP connection may stay silent between queries (RFC 7766 §6.2.3 asks for
+/// a timeout; BIND's default is 30 s). hickory-server counts it from the last query
+/// received, so it also bounds how long a zone transfer may take.
+const TCP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replies queued for one TCP connection before it is written to; a transfer waits
+/// for room (`transfer::start`), other replies are one per query.
+const TCP_REPLY_QUEUE: usize = 64;
 /// How many times `bind` tries to find a port free for both UDP and TCP when given
 /// port 0.
 const BIND_ATTEMPTS: usize = 16;
@@ -105,143 +104,94 @@ impl DnsServer {
     /// Serves UDP and TCP until this future is dropped; dropping it also closes every
     /// open TCP connection.
     pub async fn run(self) {
-        tokio::join!(
-            serve_udp(self.udp, Arc::clone(&self.zone), self.limiter),
-            serve_tcp(self.tcp, self.zone, self.allow_transfer),
-        );
-    }
-}
-
-/// One datagram, one answer (RFC 1035 §4.2.1), unless the rate limiter drops or
-/// truncates it.
-async fn serve_udp(socket: UdpSocket, zone: Arc<dyn ZoneSource>, limiter: Option<Limiter>) {
-    let limiter = limiter.map(Mutex::new);
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
-    loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(error) => {
-                debug!(%error, "dns: udp receive failed");
-                sleep(ERROR_PAUSE).await;
-                continue;
-            }
+        let handler = Handler {
+            zone: self.zone,
+            allow_transfer: self.allow_transfer,
+            limiter: self.limiter.map(Mutex::new),
         };
-        let Some(packet) = buf.get(..len) else {
-            continue;
-        };
-        let Some(mut reply) = wire::respond(packet, Transport::Udp, zone.as_ref()) else {
-            debug!(%peer, len, "dns: dropped a udp message that has no query header");
-            continue;
-        };
-        if let Some(limiter) = &limiter {
-            let verdict = limiter
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .check(peer.ip(), &reply, Instant::now());
-            match verdict {
-                Verdict::Send => {}
-                Verdict::Slip(truncated) => reply = truncated,
-                Verdict::Drop => continue,
-            }
-        }
-        if let Err(error) = socket.send_to(&reply, peer).await {
-            debug!(%peer, %error, "dns: udp send failed");
+        let mut server = Server::new(handler);
+        server.register_socket(self.udp);
+        server.register_listener(self.tcp, TCP_TIMEOUT, TCP_REPLY_QUEUE);
+        if let Err(error) = server.block_until_done().await {
+            warn!(%error, "dns: the server stopped");
         }
     }
 }
 
-/// Accepts TCP connections, each served on a task of its own.
-async fn serve_tcp(listener: TcpListener, zone: Arc<dyn ZoneSource>, allow: Arc<TransferAcl>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) if connections.len() < MAX_TCP_CONNECTIONS => {
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        Arc::clone(&zone),
-                        Arc::clone(&allow),
-                    ));
-                }
-                Ok((_stream, peer)) => {
-                    warn!(%peer, "dns: too many tcp connections; closed a new one");
-                }
-                Err(error) => {
-                    warn!(%error, "dns: tcp accept failed");
-                    sleep(ERROR_PAUSE).await;
-                }
-            },
-            Some(finished) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = finished {
-                    warn!(%error, "dns: a tcp connection task failed");
-                }
-            }
-        }
-    }
-}
-
-/// Serves queries on one TCP connection, one after the other, each framed by a two-byte
-/// length (RFC 1035 §4.2.2, RFC 7766 §6.2.1), until the client closes it, stays idle for
-/// [`TCP_IDLE_TIMEOUT`], or sends something that is not a query. A transfer request from
-/// an allowed address gets the zone (`transfer`); from others, REFUSED.
-async fn serve_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+/// Answers every request hickory-server parsed: a transfer from an allowed peer
+/// (`transfer`), or one reply from the zone (`wire::reply`), rate-limited on UDP.
+struct Handler {
     zone: Arc<dyn ZoneSource>,
-    allow: Arc<TransferAcl>,
-) {
-    // Replies go out whole in one write; small segments should not wait.
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%peer, %error, "dns: could not set TCP_NODELAY");
-    }
-    loop {
-        let mut prefix = [0u8; 2];
-        match timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut prefix)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return,
+    allow_transfer: Arc<TransferAcl>,
+    limiter: Option<Mutex<Limiter>>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let protocol = request.protocol();
+        let nothing = ResponseInfo::from(Header {
+            metadata: Metadata::response_from_request(&request.metadata),
+            counts: HeaderCounts::default(),
+        });
+        if protocol == Protocol::Tcp
+            && self.allow_transfer.allows(request.src().ip())
+            && transfer::is_request(request, self.zone.as_ref())
+        {
+            transfer::start(request, response, Arc::clone(&self.zone));
+            return nothing;
+        }
+        // A panic in the zone source costs this request a SERVFAIL, nothing more.
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            wire::reply(request, protocol, self.zone.as_ref())
+        }));
+        let reply = match decided {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return nothing,
             Err(_) => {
-                debug!(%peer, "dns: tcp connection idle; closed");
-                return;
-            }
-        }
-        let len = usize::from(u16::from_be_bytes(prefix));
-        if len > MAX_TCP_QUERY {
-            debug!(%peer, len, "dns: tcp message too long; closed");
-            return;
-        }
-        let mut message = vec![0u8; len];
-        if !matches!(
-            timeout(TCP_IDLE_TIMEOUT, stream.read_exact(&mut message)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        if allow.allows(peer.ip()) {
-            if let Some(request) = transfer::request(&message, zone.as_ref()) {
-                if transfer::send(&mut stream, &request, Arc::clone(&zone)).await {
-                    continue;
+                warn!("dns: panic while answering a query; sent SERVFAIL");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                Reply {
+                    metadata,
+                    answers: Vec::new(),
+                    authorities: Vec::new(),
+                    edns: None,
                 }
-                return;
+            }
+        };
+        let mut reply = reply.fitted(&request.queries, protocol);
+        if protocol == Protocol::Udp {
+            if let Some(limiter) = &self.limiter {
+                let verdict = limiter
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .check(
+                        request.src().ip(),
+                        &reply,
+                        request.queries.queries().first(),
+                        Instant::now(),
+                    );
+                match verdict {
+                    Verdict::Send => {}
+                    Verdict::Slip => reply = reply.truncated(),
+                    Verdict::Drop => return nothing,
+                }
             }
         }
-        // A message with no query header leaves nothing to answer: the stream is
-        // probably not DNS, so close it.
-        let Some(reply) = wire::respond(&message, Transport::Tcp, zone.as_ref()) else {
-            debug!(%peer, len, "dns: tcp message has no query header; closed");
-            return;
-        };
-        let Ok(reply_len) = u16::try_from(reply.len()) else {
-            return;
-        };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&reply_len.to_be_bytes());
-        framed.extend_from_slice(&reply);
-        if !matches!(
-            timeout(TCP_IDLE_TIMEOUT, stream.write_all(&framed)).await,
-            Ok(Ok(()))
-        ) {
-            return;
+        match response
+            .send_response(reply.message(&request.queries))
+            .await
+        {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(peer = %request.src(), %error, "dns: reply not sent");
+                nothing
+            }
         }
     }
 }

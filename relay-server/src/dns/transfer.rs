@@ -5,22 +5,25 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, OpCode, Query};
+use hickory_proto::op::{MessageType, Metadata, OpCode};
 use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use hickory_proto::serialize::binary::{BinDecoder, BinEncodable};
+use hickory_server::server::{Request, ResponseHandler};
+use hickory_server::zone_handler::{MessageRequest, Queries};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{sleep, Instant};
 use tracing::{debug, info, warn};
 
+use super::wire::Reply;
 use super::ZoneSource;
 
 /// The most record bytes put in one transfer message, so that with the header and
 /// question it stays below the 65535 bytes a TCP message can hold (RFC 5936 §2.2).
 const MESSAGE_BUDGET: usize = 60_000;
-/// How long one message may take to write.
+/// How long a secondary may leave the transfer unread before it is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause before trying again to queue a message on a full connection.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(2);
 
 /// An IP network: an address and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,104 +94,107 @@ impl TransferAcl {
     }
 }
 
-/// The request, when `packet` asks for a transfer of `zone`'s own zone (opcode QUERY,
-/// one question of type AXFR or IXFR for the apex).
-pub(super) fn request(packet: &[u8], zone: &dyn ZoneSource) -> Option<Message> {
-    // Opcode QUERY (bits 3–6 of byte 2 zero), not a response, and one question:
-    // checked on the bytes first, so ordinary queries are not parsed twice.
-    let header = packet.get(..12)?;
-    if header[2] & 0xf8 != 0 || header[4..6] != [0, 1] {
-        return None;
-    }
-    let message = Message::from_vec(packet).ok()?;
-    let query = message.queries.first()?;
-    let is_transfer = matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR);
-    (is_transfer && message.op_code == OpCode::Query && query.name() == zone.origin())
-        .then_some(message)
-}
-
-/// Sends the zone to `stream` as RFC 5936 §2.2 describes: SOA, every record, SOA,
-/// in as many messages as needed, each with the request's id and question. The
-/// records are made (and signed) on a blocking thread while earlier messages go out.
-pub(super) async fn send(
-    stream: &mut TcpStream,
-    request: &Message,
-    zone: Arc<dyn ZoneSource>,
-) -> bool {
-    let peer = stream.peer_addr().ok();
-    let query = request.queries.first().cloned();
-    let Some(query) = query else { return false };
-    let Some(records) = zone.transfer() else {
+/// Whether `request` asks for a transfer of `zone`'s own zone (opcode QUERY, one
+/// question of type AXFR or IXFR for the apex).
+pub(super) fn is_request(request: &MessageRequest, zone: &dyn ZoneSource) -> bool {
+    let [query] = request.queries.queries() else {
         return false;
     };
-    let id = request.id;
-    let (sender, mut messages) = mpsc::channel::<Vec<u8>>(4);
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut batch: Vec<Record> = Vec::new();
-        let mut size = 0;
-        let mut count = 0usize;
-        for record in records {
-            let len = record.to_bytes().map(|b| b.len()).unwrap_or(MESSAGE_BUDGET);
-            if !batch.is_empty() && size + len > MESSAGE_BUDGET {
-                let Some(message) = encode(id, &query, std::mem::take(&mut batch)) else {
-                    return count;
-                };
-                if sender.blocking_send(message).is_err() {
-                    return count;
-                }
-                size = 0;
-            }
-            size += len;
-            count += 1;
-            batch.push(record);
-        }
-        if let Some(message) = encode(id, &query, batch) {
-            let _ = sender.blocking_send(message);
-        }
-        count
-    });
-    let mut sent = 0usize;
-    let mut ok = true;
-    while let Some(message) = messages.recv().await {
-        let Ok(len) = u16::try_from(message.len()) else {
-            warn!("dns: a transfer message is too long; transfer stopped");
-            ok = false;
-            break;
-        };
-        let mut framed = Vec::with_capacity(message.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&message);
-        if !matches!(
-            timeout(WRITE_TIMEOUT, stream.write_all(&framed)).await,
-            Ok(Ok(()))
-        ) {
-            debug!(?peer, "dns: transfer write failed");
-            ok = false;
-            break;
-        }
-        sent += 1;
-    }
-    drop(messages);
-    let records = producer.await.unwrap_or_default();
-    if ok {
-        info!(?peer, records, messages = sent, "dns: zone transferred");
-    }
-    ok
+    request.metadata.op_code == OpCode::Query
+        && request.metadata.message_type == MessageType::Query
+        && matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR)
+        && query.original().name() == zone.origin()
 }
 
-/// One transfer message: authoritative, the question, `records` as answers.
-fn encode(id: u16, query: &Query, records: Vec<Record>) -> Option<Vec<u8>> {
-    let mut message = Message::response(id, OpCode::Query);
-    message.metadata.authoritative = true;
-    message.add_query(query.clone());
-    message.add_answers(records);
-    match message.to_vec() {
-        Ok(bytes) => Some(bytes),
-        Err(error) => {
-            warn!(%error, "dns: could not encode a transfer message");
-            None
+/// Sends the zone to the client of `request` as RFC 5936 §2.2 describes: SOA, every
+/// record, SOA, in as many messages as needed, each with the request's id and
+/// question.
+///
+/// hickory-server serves one TCP connection on one task and writes the replies queued
+/// for it only between requests, so the transfer runs on a task of its own: the
+/// records are made (and signed) on a blocking thread, and each message waits for room
+/// in the connection's queue while the earlier ones go out.
+pub(super) fn start<R: ResponseHandler>(
+    request: &Request,
+    mut response: R,
+    zone: Arc<dyn ZoneSource>,
+) {
+    let peer = request.src();
+    let Some(queries) = copy(&request.queries) else {
+        return;
+    };
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.authoritative = true;
+    let Some(records) = zone.transfer() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let (sender, mut batches) = mpsc::channel::<Vec<Record>>(4);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut batch: Vec<Record> = Vec::new();
+            let mut size = 0;
+            let mut count = 0usize;
+            for record in records {
+                let len = record.to_bytes().map(|b| b.len()).unwrap_or(MESSAGE_BUDGET);
+                if !batch.is_empty() && size + len > MESSAGE_BUDGET {
+                    if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        return count;
+                    }
+                    size = 0;
+                }
+                size += len;
+                count += 1;
+                batch.push(record);
+            }
+            let _ = sender.blocking_send(batch);
+            count
+        });
+        let mut sent = 0usize;
+        let mut ok = true;
+        while let Some(answers) = batches.recv().await {
+            let reply = Reply {
+                metadata,
+                answers,
+                authorities: Vec::new(),
+                edns: None,
+            };
+            if !queue(&mut response, &reply, &queries).await {
+                debug!(%peer, "dns: transfer stopped: the connection is gone or stuck");
+                ok = false;
+                break;
+            }
+            sent += 1;
+        }
+        drop(batches);
+        let records = producer.await.unwrap_or_default();
+        if ok {
+            info!(%peer, records, messages = sent, "dns: zone transferred");
+        }
+    });
+}
+
+/// Queues one transfer message on the connection, waiting while its queue is full;
+/// false once the connection is closed or nothing has gone out for [`WRITE_TIMEOUT`].
+async fn queue<R: ResponseHandler>(response: &mut R, reply: &Reply, queries: &Queries) -> bool {
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    loop {
+        match response.send_response(reply.message(queries)).await {
+            Ok(_) => return true,
+            // The queue refuses at once when full ("no available capacity") and for good
+            // when the connection has ended ("channel closed").
+            Err(error) if error.to_string().contains("closed") => return false,
+            Err(_) if Instant::now() >= deadline => {
+                warn!("dns: a secondary has not read the transfer for 30 s; stopped");
+                return false;
+            }
+            Err(_) => sleep(QUEUE_FULL_PAUSE).await,
         }
     }
+}
+
+/// A copy of `queries` (hickory offers no `Clone`): the same question bytes read again.
+pub(super) fn copy(queries: &Queries) -> Option<Queries> {
+    Queries::read(&mut BinDecoder::new(queries.as_bytes()), queries.len()).ok()
 }
 
 #[cfg(test)]

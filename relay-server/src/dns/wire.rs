@@ -1,11 +1,17 @@
-//! One query message in, one response message out: the protocol part of the server, with
-//! no I/O, so that it can be tested and fuzzed byte by byte.
+//! One request in, one reply out: the protocol part of the server, with no I/O, so that
+//! it can be tested and fuzzed byte by byte. hickory-server parses the message and
+//! sends what [`reply`] decides; [`respond`] does both here, for the tests and the
+//! fuzz target.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::net::{Ipv4Addr, SocketAddr};
 
-use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
-use tracing::{debug, warn};
+use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, ResponseInfo};
+use hickory_server::zone_handler::{MessageRequest, MessageResponseBuilder, Queries};
+use tracing::debug;
 
 use super::{Answer, ZoneSource};
 
@@ -15,128 +21,145 @@ pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
 /// The UDP response size without EDNS(0) (RFC 1035 §4.2.1), and the least a client may
 /// advertise with it (RFC 6891 §6.2.5).
 const CLASSIC_UDP_PAYLOAD: u16 = 512;
-/// The fixed DNS header (RFC 1035 §4.1.1).
-const HEADER_LEN: usize = 12;
 
-/// The transport a message came on, which decides how large the response may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Transport {
-    /// UDP: 512 bytes, or what EDNS(0) advertises up to [`MAX_UDP_PAYLOAD`].
-    Udp,
-    /// TCP: up to 65535 bytes (RFC 1035 §4.2.2).
-    Tcp,
+/// What to send back for one request: the header, the records of the answer and
+/// authority sections, and the OPT record. The question is the request's own.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub(crate) metadata: Metadata,
+    pub(crate) answers: Vec<Record>,
+    pub(crate) authorities: Vec<Record>,
+    pub(crate) edns: Option<Edns>,
 }
 
-/// The fields of a header read straight from the bytes, for replies to messages that do
-/// not parse.
-#[derive(Debug, Clone, Copy)]
-struct RawHeader {
-    id: u16,
-    is_response: bool,
-    op_code: u8,
-    recursion_desired: bool,
-    query_count: u16,
-}
-
-impl RawHeader {
-    fn read(packet: &[u8]) -> Option<Self> {
-        let header = packet.get(..HEADER_LEN)?;
-        let byte = |i: usize| header.get(i).copied().unwrap_or_default();
-        Some(Self {
-            id: u16::from_be_bytes([byte(0), byte(1)]),
-            is_response: byte(2) & 0x80 != 0,
-            op_code: (byte(2) >> 3) & 0x0f,
-            recursion_desired: byte(2) & 0x01 != 0,
-            query_count: u16::from_be_bytes([byte(4), byte(5)]),
-        })
+impl Reply {
+    /// A reply with no records: `code`, the request's id and opcode, RD and CD copied
+    /// (RFC 1035 §4.1.1, RFC 4035 §3.1.6).
+    fn error(request: &Metadata, code: ResponseCode) -> Self {
+        let mut metadata = Metadata::response_from_request(request);
+        metadata.response_code = code;
+        Self {
+            metadata,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            edns: None,
+        }
     }
 
-    /// A reply with only a header: `code`, this id and opcode, RD copied (RFC 1035 §4.1.1).
-    fn reply(&self, code: ResponseCode) -> Option<Vec<u8>> {
-        let mut message = Message::error_msg(self.id, OpCode::from_u8(self.op_code), code);
-        message.metadata.recursion_desired = self.recursion_desired;
-        message.to_vec().ok()
+    /// This reply without its records and with TC set, so that the client asks again
+    /// over TCP (RFC 1035 §4.2.1, RFC 2181 §9). The OPT record stays (RFC 6891 §7).
+    pub(crate) fn truncated(&self) -> Self {
+        let mut metadata = self.metadata;
+        metadata.truncation = true;
+        Self {
+            metadata,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            edns: self.edns.clone(),
+        }
     }
-}
 
-/// Answers one DNS message from `zone`, or `None` when nothing should be sent back.
-///
-/// Never panics: a panic in the parser or in the zone source is caught and answered
-/// with SERVFAIL, so garbage cannot stop the server.
-pub(crate) fn respond(
-    packet: &[u8],
-    transport: Transport,
-    zone: &dyn ZoneSource,
-) -> Option<Vec<u8>> {
-    match catch_unwind(AssertUnwindSafe(|| {
-        respond_unguarded(packet, transport, zone)
-    })) {
-        Ok(reply) => reply,
-        Err(_) => {
-            warn!(
-                len = packet.len(),
-                "dns: panic while answering a message; sent SERVFAIL"
-            );
-            RawHeader::read(packet).and_then(|header| header.reply(ResponseCode::ServFail))
+    /// The reply as hickory-server sends it for `queries`: give it to
+    /// `ResponseHandler::send_response`.
+    pub(crate) fn message<'a>(
+        &'a self,
+        queries: &'a Queries,
+    ) -> hickory_server::zone_handler::MessageResponse<
+        'a,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    > {
+        let mut builder = MessageResponseBuilder::new(queries, None);
+        if let Some(edns) = &self.edns {
+            builder.edns(edns);
+        }
+        builder.build(
+            self.metadata,
+            self.answers.iter(),
+            self.authorities.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        )
+    }
+
+    /// The reply's bytes, at most `max` long (records that do not fit are left out and
+    /// TC is set), with the header as written.
+    pub(crate) fn encode(&self, queries: &Queries, max: u16) -> Option<(ResponseInfo, Vec<u8>)> {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = self.message(queries).destructive_emit(&mut encoder).ok()?;
+        Some((info, bytes))
+    }
+
+    /// The reply to send on `protocol`: this one, or, on UDP when it does not fit the
+    /// size the client can take, the [`truncated`](Self::truncated) one. hickory would
+    /// send as many records as fit; a partial answer is of no use (RFC 2181 §9), and
+    /// leaving the OPT record out of it would break EDNS.
+    pub(crate) fn fitted(self, queries: &Queries, protocol: Protocol) -> Self {
+        if protocol != Protocol::Udp || (self.answers.is_empty() && self.authorities.is_empty()) {
+            return self;
+        }
+        let limit = self
+            .edns
+            .as_ref()
+            .map_or(CLASSIC_UDP_PAYLOAD, Edns::max_payload);
+        match self.encode(queries, limit) {
+            Some((info, _)) if !info.truncation => self,
+            _ => {
+                debug!(limit, "dns: response too long for udp; sent TC");
+                self.truncated()
+            }
         }
     }
 }
 
-/// [`respond`] without the panic guard (the tests call it to see panics).
-pub(crate) fn respond_unguarded(
-    packet: &[u8],
-    transport: Transport,
+/// Decides the reply to one parsed request from `zone`; `None` when nothing should be
+/// sent back (the message is a response, RFC 1035 §4.1.1: two servers must not bounce
+/// errors forever).
+pub(crate) fn reply(
+    request: &MessageRequest,
+    protocol: Protocol,
     zone: &dyn ZoneSource,
-) -> Option<Vec<u8>> {
-    // Without a whole header there is no id to answer to; and a response is never
-    // answered, which keeps two servers from bouncing errors forever (RFC 1035 §4.1.1).
-    let header = RawHeader::read(packet)?;
-    if header.is_response {
+) -> Option<Reply> {
+    let asked = &request.metadata;
+    if asked.message_type == hickory_proto::op::MessageType::Response {
         return None;
     }
     // RFC 1035 §4.1.1: NOTIMP for an opcode this server does not support.
-    if OpCode::from_u8(header.op_code) != OpCode::Query {
-        return header.reply(ResponseCode::NotImp);
+    if asked.op_code != OpCode::Query {
+        return Some(Reply::error(asked, ResponseCode::NotImp));
     }
-    // RFC 9619: a query holds exactly one question. Checked before parsing, so a bogus
-    // count never sizes an allocation.
-    if header.query_count != 1 {
-        return header.reply(ResponseCode::FormErr);
-    }
-    let request = match Message::from_vec(packet) {
-        Ok(request) => request,
-        Err(error) => {
-            debug!(%error, "dns: unparseable query; sent FORMERR");
-            return header.reply(ResponseCode::FormErr);
-        }
+    // RFC 9619: a query holds exactly one question.
+    let [query] = request.queries.queries() else {
+        return Some(Reply::error(asked, ResponseCode::FormErr));
     };
-    let query = request.queries.first()?;
-    let mut response = Message::response(request.id, OpCode::Query);
-    response.metadata.recursion_desired = request.recursion_desired;
-    response.metadata.checking_disabled = request.checking_disabled;
-    response.add_query(query.clone());
-
-    let limit = match (transport, &request.edns) {
-        (Transport::Tcp, _) => u16::MAX,
-        (Transport::Udp, None) => CLASSIC_UDP_PAYLOAD,
-        (Transport::Udp, Some(edns)) => edns
-            .max_payload()
-            .clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
-    };
-    if let Some(asked) = &request.edns {
-        // RFC 6891 §6.1.1: a query with an OPT record gets one in the response, which
-        // advertises this server's own payload size (§6.2.3); RFC 3225 §3: DO is copied.
-        let mut edns = Edns::new();
-        edns.set_max_payload(MAX_UDP_PAYLOAD);
-        edns.set_dnssec_ok(asked.flags().dnssec_ok);
-        response.set_edns(edns);
+    let query = query.original();
+    let mut reply = Reply::error(asked, ResponseCode::NoError);
+    if let Some(edns) = &request.edns {
+        // RFC 6891 §6.1.1: a query with an OPT record gets one in the response. It
+        // advertises this server's payload size (§6.2.3), lowered to what the client
+        // can take, which is also what hickory-server fits a UDP reply into; RFC 3225
+        // §3: DO is copied.
+        let limit = match protocol {
+            Protocol::Udp => edns
+                .max_payload()
+                .clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
+            _ => MAX_UDP_PAYLOAD,
+        };
+        let mut ours = Edns::new();
+        ours.set_max_payload(limit);
+        ours.set_dnssec_ok(edns.flags().dnssec_ok);
+        reply.edns = Some(ours);
         // RFC 6891 §6.1.3: only version 0 is implemented.
-        if asked.version() > 0 {
-            response.metadata.response_code = ResponseCode::BADVERS;
-            return encode(response, limit);
+        if edns.version() > 0 {
+            reply.metadata.response_code = ResponseCode::BADVERS;
+            return Some(reply);
         }
     }
-
     // RFC 3225 §3: DNSSEC records only for a query that sets DO.
     let dnssec_ok = request
         .edns
@@ -146,34 +169,32 @@ pub(crate) fn respond_unguarded(
         // Transfers are answered on TCP by `transfer`, to the addresses allowed; here
         // (UDP, or a peer not allowed) REFUSED, as RFC 5936 §4.2 allows.
         RecordType::AXFR | RecordType::IXFR => {
-            response.metadata.response_code = ResponseCode::Refused;
+            reply.metadata.response_code = ResponseCode::Refused;
         }
         // OPT is a pseudo-type and cannot be asked for (RFC 6891 §6.1.1).
-        RecordType::OPT => response.metadata.response_code = ResponseCode::FormErr,
-        _ => fill(&mut response, query, zone, dnssec_ok),
+        RecordType::OPT => reply.metadata.response_code = ResponseCode::FormErr,
+        _ => fill(&mut reply, query, zone, dnssec_ok),
     }
-    encode(response, limit)
+    Some(reply)
 }
 
-/// Puts the zone's answer to `query` into `response` (RFC 1035 §4.3.2, RFC 2308,
+/// Puts the zone's answer to `query` into `reply` (RFC 1035 §4.3.2, RFC 2308,
 /// RFC 4035 §3.1).
-fn fill(response: &mut Message, query: &Query, zone: &dyn ZoneSource, dnssec_ok: bool) {
+fn fill(reply: &mut Reply, query: &Query, zone: &dyn ZoneSource, dnssec_ok: bool) {
     let answer = zone.answer(query, dnssec_ok);
-    response.metadata.authoritative = answer != Answer::Refused;
+    reply.metadata.authoritative = answer != Answer::Refused;
     match answer {
-        Answer::Records(records) => {
-            response.add_answers(records);
-        }
+        Answer::Records(records) => reply.answers = records,
         Answer::NoData(proof) => {
-            response.add_authorities(negative_soa(zone, dnssec_ok));
-            response.add_authorities(proof);
+            reply.authorities = negative_soa(zone, dnssec_ok);
+            reply.authorities.extend(proof);
         }
         Answer::NxDomain(proof) => {
-            response.metadata.response_code = ResponseCode::NXDomain;
-            response.add_authorities(negative_soa(zone, dnssec_ok));
-            response.add_authorities(proof);
+            reply.metadata.response_code = ResponseCode::NXDomain;
+            reply.authorities = negative_soa(zone, dnssec_ok);
+            reply.authorities.extend(proof);
         }
-        Answer::Refused => response.metadata.response_code = ResponseCode::Refused,
+        Answer::Refused => reply.metadata.response_code = ResponseCode::Refused,
     }
 }
 
@@ -198,26 +219,36 @@ fn negative_soa(zone: &dyn ZoneSource, dnssec_ok: bool) -> Vec<Record> {
     records
 }
 
-/// Serializes `response`; when it is longer than `limit`, sends the header and question
-/// with TC set instead, so that the client retries over TCP (RFC 1035 §4.2.1,
-/// RFC 2181 §9).
-pub(super) fn encode(response: Message, limit: u16) -> Option<Vec<u8>> {
-    let bytes = match response.to_vec() {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            warn!(%error, "dns: could not serialize a response; sent SERVFAIL");
-            let mut failure =
-                Message::error_msg(response.id, response.op_code, ResponseCode::ServFail);
-            failure.metadata.recursion_desired = response.recursion_desired;
-            failure.add_queries(response.queries.iter().cloned());
-            return failure.to_vec().ok();
+/// Answers one message from `zone` as the server would, bytes in and bytes out, or
+/// `None` when the server sends nothing: what hickory-server does before and after
+/// [`reply`] (drop a message shorter than a header, FORMERR for one that does not
+/// parse, encode within the UDP size), for the tests and the fuzz target.
+pub(crate) fn respond(packet: &[u8], protocol: Protocol, zone: &dyn ZoneSource) -> Option<Vec<u8>> {
+    let anywhere = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let request = match Request::from_bytes(packet.to_vec(), anywhere, protocol) {
+        Ok(request) => request,
+        Err(_) => {
+            let header = packet.get(..12)?;
+            let mut metadata = Metadata::new(
+                u16::from_be_bytes([header[0], header[1]]),
+                hickory_proto::op::MessageType::Query,
+                OpCode::from_u8((header[2] >> 3) & 0x0f),
+            );
+            metadata.recursion_desired = header[2] & 0x01 != 0;
+            let reply = Reply::error(&metadata, ResponseCode::FormErr);
+            let none = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+            return reply.encode(&none, u16::MAX).map(|(_, bytes)| bytes);
         }
     };
-    if bytes.len() <= usize::from(limit) {
-        return Some(bytes);
-    }
-    debug!(len = bytes.len(), limit, "dns: response too long; sent TC");
-    response.truncate().to_vec().ok()
+    let reply = reply(&request, protocol, zone)?.fitted(&request.queries, protocol);
+    let max = match protocol {
+        Protocol::Udp => reply
+            .edns
+            .as_ref()
+            .map_or(CLASSIC_UDP_PAYLOAD, Edns::max_payload),
+        _ => u16::MAX,
+    };
+    reply.encode(&request.queries, max).map(|(_, bytes)| bytes)
 }
 
 #[cfg(test)]
@@ -227,11 +258,13 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use super::{respond_unguarded, Transport};
+    use hickory_server::net::xfer::Protocol;
+
+    use super::respond;
     use crate::dns::tests::{query, sandbox_zone};
 
-    /// Random and mutated messages straight through the parser path, without the panic
-    /// guard, so that a panic fails the test.
+    /// Random and mutated messages straight through the parser path, so that a panic
+    /// fails the test.
     #[test]
     fn the_parser_path_does_not_panic() {
         let zone = sandbox_zone();
@@ -258,15 +291,15 @@ mod tests {
                 packet.truncate(rng.gen_range(0..=packet.len()));
                 packet
             };
-            for transport in [Transport::Udp, Transport::Tcp] {
-                let _ = respond_unguarded(&packet, transport, zone.as_ref());
+            for protocol in [Protocol::Udp, Protocol::Tcp] {
+                let _ = respond(&packet, protocol, zone.as_ref());
             }
         }
     }
 
     fn reply(request: &Message) -> Option<Message> {
         let bytes = request.to_vec().expect("encode");
-        let reply = respond_unguarded(&bytes, Transport::Udp, sandbox_zone().as_ref())?;
+        let reply = respond(&bytes, Protocol::Udp, sandbox_zone().as_ref())?;
         Some(Message::from_vec(&reply).expect("decode"))
     }
 

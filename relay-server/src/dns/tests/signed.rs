@@ -325,3 +325,43 @@ async fn axfr_to_allowed_addresses_only() {
         ResponseCode::Refused
     );
 }
+
+/// A transfer far larger than what hickory-server queues for one connection (64
+/// replies), read by a secondary that starts late: every record arrives, in order.
+#[tokio::test]
+async fn a_large_transfer_waits_for_a_slow_secondary() {
+    const ACCOUNTS: usize = 6_000;
+    let zone = sandbox_relay_zone();
+    for i in 0..ACCOUNTS {
+        zone.set_account(&AccountDns {
+            handle: format!("user{i}"),
+            addresses: vec![format!("user{i}@sandbox.test")],
+            cert: Some(vec![b'k'; 1_000]),
+            ..AccountDns::default()
+        });
+    }
+    let allowed = ServerOptions {
+        allow_transfer: TransferAcl::parse(&["127.0.0.1".into()]).expect("valid"),
+        ..ServerOptions::default()
+    };
+    let server = start_with(Arc::new(zone), &allowed).await;
+    let request = query("sandbox.test.", RecordType::AXFR, None);
+    // A small receive buffer, so that the kernel cannot take the whole zone at once.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(8192).expect("buffer size");
+    let mut stream = socket.connect(server.addr).await.expect("connect");
+    send_tcp(&mut stream, &request.to_vec().expect("encode")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (mut messages, mut soas, mut keys) = (0usize, 0usize, 0usize);
+    while soas < 2 {
+        let message = read_tcp(&mut stream).await;
+        assert_eq!(message.id, request.id);
+        messages += 1;
+        for record in &message.answers {
+            soas += usize::from(is_type(record, RecordType::SOA));
+            keys += usize::from(is_type(record, RecordType::OPENPGPKEY));
+        }
+    }
+    assert!(messages > 64, "{messages} messages");
+    assert_eq!(keys, ACCOUNTS + 1, "alice's and every user's key");
+}
