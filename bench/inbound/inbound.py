@@ -752,7 +752,9 @@ maillog_file = {d}/maillog
 """
 
 
-def start_postfix(run_dir, args):
+def start_postfix(run_dir, args, extra_main_cf=""):
+    """A private Postfix on a free loopback port; `extra_main_cf` is appended to its
+    main.cf (a later setting overrides an earlier one)."""
     if os.geteuid() != 0:
         raise RuntimeError("Postfix needs root to start (postfix -c DIR start)")
     if not shutil.which("postfix") and not os.path.exists("/usr/sbin/postfix"):
@@ -776,7 +778,7 @@ def start_postfix(run_dir, args):
     with open(os.path.join(etc, "master.cf"), "w") as f:
         f.write(MASTER_CF.format(port=port))
     with open(os.path.join(etc, "main.cf"), "w") as f:
-        f.write(MAIN_CF.format(d=d, uid=uid, gid=gid))
+        f.write(MAIN_CF.format(d=d, uid=uid, gid=gid) + extra_main_cf)
     pf_bin = shutil.which("postfix") or "/usr/sbin/postfix"
     res = subprocess.run([pf_bin, "-c", etc, "start"], capture_output=True, text=True)
     if res.returncode != 0:
