@@ -1,6 +1,7 @@
-//! The relay's DNS query path (`omb_relay::dns::fuzzing::respond`, the I/O-free
-//! `wire::respond` without its panic guard) on arbitrary messages, against a signed
-//! zone with two accounts.
+//! The relay's DNS query path (`omb_relay::dns::fuzzing::respond`: hickory-server's
+//! request parsing, the relay's `wire::reply` and the encoding the server does, with no
+//! I/O and no panic guard) on arbitrary messages, against a signed zone with two
+//! accounts.
 //!
 //! Input layout: byte 0 picks the transport (bit 0: TCP) ; the rest is the message.
 //!
