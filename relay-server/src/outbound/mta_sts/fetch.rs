@@ -36,9 +36,6 @@ pub async fn fetch(
     tls: &TlsConnector,
     timeout: Duration,
 ) -> Result<String, FetchError> {
-    let Some(first) = addrs.first() else {
-        return Err(FetchError::NoAddress(host.to_string()));
-    };
     let mut last = FetchError::NoAddress(host.to_string());
     for addr in addrs {
         match tokio::time::timeout(timeout, fetch_from(host, *addr, tls)).await {
@@ -49,7 +46,7 @@ pub async fn fetch(
                     reason,
                 }
             }
-            Err(_) => last = FetchError::Timeout(format!("{host} ({first})")),
+            Err(_) => last = FetchError::Timeout(format!("{host} at {addr}")),
         }
     }
     Err(last)
