@@ -126,6 +126,11 @@ impl Authenticator {
         })
     }
 
+    /// The DNS server the resolver asks.
+    pub fn nameserver(&self) -> SocketAddr {
+        self.nameserver
+    }
+
     /// This relay's host name as written in the header field (the authserv-id).
     pub fn hostname(&self) -> &str {
         &self.hostname

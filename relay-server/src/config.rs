@@ -48,6 +48,15 @@ pub struct OutboundConfig {
     pub routes: std::collections::BTreeMap<String, String>,
     /// The port of the hosts an MX lookup names (25; tests use another).
     pub mx_port: u16,
+    /// The DNS server for deliveries (MX, addresses, MTA-STS records);
+    /// `[dns] resolver` when unset. Never the system resolver.
+    pub resolver: Option<SocketAddr>,
+    /// A PEM file of CA certificates trusted besides the Mozilla roots
+    /// (webpki-roots), for MTA-STS policy servers and MX certificates.
+    pub tls_roots: Option<PathBuf>,
+    /// The HTTPS port of `mta-sts.DOMAIN` policy servers (443; tests use
+    /// another).
+    pub mta_sts_port: u16,
     /// Seconds before each retry after a temporary failure; the last one
     /// repeats until `expire_secs`.
     pub retry_secs: Vec<u64>,
@@ -77,6 +86,9 @@ impl Default for OutboundConfig {
         OutboundConfig {
             routes: Default::default(),
             mx_port: 25,
+            resolver: None,
+            tls_roots: None,
+            mta_sts_port: 443,
             retry_secs: vec![120, 600, 1800, 3600, 7200, 14400, 28800],
             expire_secs: 5 * 86_400,
             poll_ms: 1000,
@@ -374,6 +386,7 @@ mod tests {
         assert_eq!(o.per_day, d.per_day);
         assert_eq!(o.new_account_per_day, d.new_account_per_day);
         assert_eq!(o.max_recipients, d.max_recipients);
+        assert_eq!(o.mta_sts_port, d.mta_sts_port);
         let (m, d) = (&example.mta_sts, MtaStsConfig::default());
         assert_eq!(m.mode, d.mode);
         assert_eq!(m.max_age_secs, d.max_age_secs);

@@ -184,7 +184,8 @@ pub async fn start(config: RelayConfig) -> anyhow::Result<RunningRelay> {
         &config.domain,
         &hostname,
         config.smtp.max_message_size,
-    );
+    )
+    .context("cannot set up outbound delivery")?;
     tasks.spawn(outbound.clone().run());
     let tls = mx_tls(&config, &hostname).context("cannot set up STARTTLS for the MX")?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)

@@ -1,16 +1,57 @@
 //! The relay's store, outbound side: the queue of submitted mail, its
-//! recipients' leases, retries and completion, and the daily count; on SQLite
-//! and on PostgreSQL (see `common/mod.rs`).
+//! recipients' leases, retries and completion, the daily count, and the kept
+//! MTA-STS policies; on SQLite and on PostgreSQL (see `common/mod.rs`).
 
 mod common;
 
 use common::*;
-use omb_relay::store::NewOutbound;
+use omb_relay::store::{NewOutbound, StoredPolicy};
 
 on_both_backends!(
     a_message_is_queued_once_and_leaves_with_its_last_recipient,
     claimed_recipients_are_leased_and_deferred_ones_wait,
+    an_mta_sts_policy_is_kept_and_replaced,
 );
+
+async fn an_mta_sts_policy_is_kept_and_replaced(url: String) {
+    let store = store_with(&url, &[]).await;
+    assert_eq!(
+        store.mta_sts_policy("example.org").await.expect("read"),
+        None
+    );
+    let first = StoredPolicy {
+        policy_id: "1".into(),
+        policy: "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 86400\n".into(),
+        fetched_at: 1000,
+        expires_at: 87_400,
+    };
+    store
+        .mta_sts_save("example.org", &first)
+        .await
+        .expect("save");
+    assert_eq!(
+        store.mta_sts_policy("example.org").await.expect("read"),
+        Some(first.clone())
+    );
+    let second = StoredPolicy {
+        policy_id: "2".into(),
+        fetched_at: 2000,
+        expires_at: 88_400,
+        ..first
+    };
+    store
+        .mta_sts_save("example.org", &second)
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.mta_sts_policy("example.org").await.expect("read"),
+        Some(second)
+    );
+    assert_eq!(
+        store.mta_sts_policy("example.net").await.expect("read"),
+        None
+    );
+}
 
 fn message(submission_id: &str, rcpts: &[&str]) -> NewOutbound {
     NewOutbound {

@@ -6,3 +6,4 @@ pub mod http;
 pub mod knot;
 pub mod netns;
 pub mod sandbox;
+pub mod sending;

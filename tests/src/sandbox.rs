@@ -256,10 +256,11 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
     })
 }
 
-/// The sandbox's certificate authority, which signs the nodes' TLS
-/// certificates, made once per folder (`ca.pem`; its key `ca-key.pem`).
-struct SandboxCa {
-    cert: PathBuf,
+/// A certificate authority made once per folder (`ca.pem`; its key
+/// `ca-key.pem`): the sandbox's, which signs the nodes' TLS certificates, and
+/// the test CAs of peers that must present valid certificates.
+pub struct TestCa {
+    pub cert: PathBuf,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -276,45 +277,65 @@ fn ca_params() -> anyhow::Result<rcgen::CertificateParams> {
     Ok(params)
 }
 
-fn write_ca(dir: &Path) -> anyhow::Result<SandboxCa> {
-    let cert_path = dir.join("ca.pem");
-    let key_path = dir.join("ca-key.pem");
-    if !cert_path.exists() || !key_path.exists() {
-        let key = rcgen::KeyPair::generate()?;
-        let cert = ca_params()?.self_signed(&key)?;
-        omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
-        std::fs::write(&cert_path, cert.pem())?;
-    }
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)?;
-    Ok(SandboxCa {
-        cert: cert_path,
-        issuer: rcgen::Issuer::new(ca_params()?, key),
-    })
+/// The sandbox's CA for the sandbox folder `dir`.
+fn write_ca(dir: &Path) -> anyhow::Result<TestCa> {
+    TestCa::in_folder(dir)
 }
 
-impl SandboxCa {
-    /// A certificate for a node's mail-access servers, for `HANDLE.sandbox.test`,
-    /// `localhost` and 127.0.0.1, made once in the node's folder.
-    fn node_cert(&self, node_dir: &Path, handle: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let cert_path = node_dir.join("access-cert.pem");
-        let key_path = node_dir.join("access-key.pem");
+impl TestCa {
+    /// The CA of `dir`, made there unless it is there already.
+    pub fn in_folder(dir: &Path) -> anyhow::Result<TestCa> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca-key.pem");
         if !cert_path.exists() || !key_path.exists() {
             let key = rcgen::KeyPair::generate()?;
-            let mut params = rcgen::CertificateParams::new(vec![
-                format!("{handle}.{DOMAIN}"),
-                "localhost".to_string(),
-            ])?;
+            let cert = ca_params()?.self_signed(&key)?;
+            omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+            std::fs::write(&cert_path, cert.pem())?;
+        }
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)?;
+        Ok(TestCa {
+            cert: cert_path,
+            issuer: rcgen::Issuer::new(ca_params()?, key),
+        })
+    }
+
+    /// A certificate for `names` (the first also its common name) and
+    /// 127.0.0.1, made once as `dir/STEM-cert.pem` and `dir/STEM-key.pem`.
+    pub fn issue(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: &[String],
+    ) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let cert_path = dir.join(format!("{stem}-cert.pem"));
+        let key_path = dir.join(format!("{stem}-key.pem"));
+        if !cert_path.exists() || !key_path.exists() {
+            let key = rcgen::KeyPair::generate()?;
+            let mut params = rcgen::CertificateParams::new(names.to_vec())?;
             params
                 .subject_alt_names
                 .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, format!("{handle}.{DOMAIN}"));
+            if let Some(first) = names.first() {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, first.clone());
+            }
             let cert = params.signed_by(&key, &self.issuer)?;
             omb_shared::pgp::write_private_file(&key_path, key.serialize_pem().as_bytes())?;
             std::fs::write(&cert_path, cert.pem())?;
         }
         Ok((cert_path, key_path))
+    }
+
+    /// A certificate for a node's mail-access servers, for `HANDLE.sandbox.test`,
+    /// `localhost` and 127.0.0.1, made once in the node's folder.
+    fn node_cert(&self, node_dir: &Path, handle: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        self.issue(
+            node_dir,
+            "access",
+            &[format!("{handle}.{DOMAIN}"), "localhost".to_string()],
+        )
     }
 }
 

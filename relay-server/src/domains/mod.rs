@@ -331,7 +331,7 @@ fn txt_kind(value: &str) -> &str {
 }
 
 /// A record's data as in a zone file (TXT strings joined, RFC 7208 §3.3).
-fn presentation(data: &RData) -> String {
+pub(crate) fn presentation(data: &RData) -> String {
     match data {
         RData::TXT(txt) => txt
             .txt_data

@@ -5,21 +5,26 @@
 //! - `queue`: the worker that delivers due recipients — to another account of
 //!   this relay straight into its encrypted spool, or over SMTP to a static
 //!   route or the domain's MX — and retries, expires and bounces;
-//! - `smtp`: the SMTP client; `dsn`: delivery status notifications (RFC 3464);
-//!   `limits`: per-account rates.
+//! - `smtp`: the SMTP client; `tls`: its TLS clients and trust roots;
+//!   `mta_sts`: recipient domains' MTA-STS policies (RFC 8461);
+//!   `dsn`: delivery status notifications (RFC 3464); `limits`: per-account
+//!   rates.
 
 pub mod dsn;
 pub mod limits;
+pub mod mta_sts;
 pub mod queue;
 pub mod smtp;
+pub mod tls;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator};
 use crate::config::OutboundConfig;
 use crate::mx::accept::Acceptor;
 use crate::store::{NewOutbound, Store};
 use mail_auth::{AuthenticatedMessage, DkimResult};
 use omb_shared::protocol::{Submission, SubmitOutcome};
 use omb_shared::types::Address;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -28,7 +33,12 @@ use tracing::{info, warn};
 /// The relay's outbound side.
 pub struct Outbound {
     pub store: Store,
+    /// The relay's own DNS view: the DKIM check of submissions.
     pub auth: Authenticator,
+    /// The resolver of deliveries: MX, addresses, MTA-STS.
+    delivery_dns: Authenticator,
+    /// The same server, asked without a cache (the `_mta-sts` TXT record).
+    dns_server: SocketAddr,
     /// The MX's encrypt-then-spool path, for mail between hosted accounts
     /// and for DSNs back to senders.
     pub acceptor: Arc<Acceptor>,
@@ -38,7 +48,16 @@ pub struct Outbound {
     pub max_message_size: usize,
     limiter: limits::RateLimiter,
     wake: Notify,
-    tls: tokio_rustls::TlsConnector,
+    trust: tls::Trust,
+}
+
+/// Why the outbound side cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("[outbound] resolver: {0}")]
+    Resolver(#[from] AuthError),
 }
 
 impl Outbound {
@@ -50,8 +69,15 @@ impl Outbound {
         relay_domain: &str,
         hostname: &str,
         max_message_size: usize,
-    ) -> Arc<Self> {
-        Arc::new(Outbound {
+    ) -> Result<Arc<Self>, OutboundError> {
+        let delivery_dns = match config.resolver {
+            Some(server) => Authenticator::new(server, hostname)?,
+            None => auth.clone(),
+        };
+        Ok(Arc::new(Outbound {
+            trust: tls::Trust::new(config.tls_roots.as_deref())?,
+            dns_server: delivery_dns.nameserver(),
+            delivery_dns,
             limiter: limits::RateLimiter::new(config.per_minute),
             store,
             auth,
@@ -61,8 +87,7 @@ impl Outbound {
             hostname: hostname.to_string(),
             max_message_size,
             wake: Notify::new(),
-            tls: smtp::opportunistic_tls(),
-        })
+        }))
     }
 
     /// Whether `address` belongs to `handle` (its own addresses, its aliases,

@@ -4,7 +4,8 @@
 //! records what happened: done, retry later (on the configured schedule), or
 //! a DSN back to the sender (RFC 3464) when refused for good or expired.
 
-use super::smtp::{Connection, Outcome, SmtpError};
+use super::mta_sts::{Mode, Policy};
+use super::smtp::{Connection, Outcome, SmtpError, TlsRequirement};
 use super::{dsn, Outbound};
 use crate::mx::session::{AcceptedRcpt, StoreVerdict, Transaction};
 use crate::store::DueRcpt;
@@ -83,8 +84,8 @@ impl Outbound {
         if remote.is_empty() {
             return;
         }
-        let hosts = match self.destination(domain).await {
-            Ok(hosts) => hosts,
+        let (hosts, policy) = match self.destination(domain).await {
+            Ok(found) => found,
             Err(outcome) => {
                 for r in &remote {
                     self.record(r, outcome.clone(), None).await;
@@ -96,10 +97,27 @@ impl Outbound {
         let mut conn = None;
         let mut last_error = String::from("4.4.1 no host to try");
         let mut permanent = false;
+        let mode = policy.as_ref().map(|p| p.mode);
+        let requirement = match mode {
+            Some(Mode::Enforce) => TlsRequirement::Verified,
+            _ => TlsRequirement::Opportunistic,
+        };
         for (name, addr) in &hosts {
-            match Connection::open(*addr, name, &self.hostname, &self.tls, timeout).await {
+            match Connection::open(
+                *addr,
+                name,
+                &self.hostname,
+                &self.trust,
+                requirement,
+                timeout,
+            )
+            .await
+            {
                 Ok(c) => {
-                    info!(host = %name, %addr, tls = c.tls, "connected");
+                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), "connected");
+                    if let (Some(Mode::Testing), Err(why)) = (mode, &c.pkix) {
+                        warn!(host = %name, error = %why, "MTA-STS (testing): this MX fails the domain's policy; delivering anyway");
+                    }
                     conn = Some((name.clone(), c));
                     break;
                 }
@@ -108,6 +126,10 @@ impl Outbound {
                     permanent = e.permanent();
                     last_error = match &e {
                         SmtpError::Refused(_, reply) => reply.to_string(),
+                        SmtpError::TlsRequired(..) => {
+                            warn!(host = %name, error = %e, "MTA-STS (enforce): not delivering through this MX");
+                            format!("4.7.5 {e}")
+                        }
                         other => format!("4.4.1 {other}"),
                     };
                 }
@@ -156,12 +178,14 @@ impl Outbound {
         }
     }
 
-    /// Where mail for `domain` goes: its static route, or its MX hosts by
-    /// preference (RFC 5321 §5.1; the domain itself when it has no MX).
-    async fn destination(&self, domain: &str) -> Result<Hosts, Outcome> {
+    /// Where mail for `domain` goes: its static route (as the operator set
+    /// it: no MTA-STS), or its MX hosts by preference (RFC 5321 §5.1; the
+    /// domain itself when it has no MX) that its MTA-STS policy allows, with
+    /// that policy.
+    async fn destination(&self, domain: &str) -> Result<(Hosts, Option<Policy>), Outcome> {
         if let Some(route) = self.config.routes.get(domain) {
             if let Ok(addr) = route.parse::<SocketAddr>() {
-                return Ok(vec![(domain.to_string(), addr)]);
+                return Ok((vec![(domain.to_string(), addr)], None));
             }
             let Some((host, port)) = route.rsplit_once(':') else {
                 return Err(Outcome::Temporary(format!(
@@ -169,9 +193,9 @@ impl Outbound {
                 )));
             };
             let port = port.parse().unwrap_or(25);
-            return Ok(self.addresses(host, port).await);
+            return Ok((self.addresses(host, port).await, None));
         }
-        let resolver = self.auth.resolver();
+        let resolver = self.delivery_dns.resolver();
         let mut names: Vec<String> = match resolver.mx_lookup(domain, NO_MX_CACHE).await {
             Ok(mx) => mx
                 .rrset
@@ -206,6 +230,8 @@ impl Outbound {
                 "556 5.1.10 {domain} accepts no mail (null MX)"
             )));
         }
+        let policy = self.mta_sts(domain).await;
+        let names = super::mta_sts::allowed_hosts(domain, names, policy.as_ref())?;
         let mut hosts = Vec::new();
         for name in names {
             hosts.extend(self.addresses(&name, self.config.mx_port).await);
@@ -215,14 +241,19 @@ impl Outbound {
                 "4.4.4 no address for the mail servers of {domain}"
             )));
         }
-        Ok(hosts)
+        Ok((hosts, policy))
     }
 
-    async fn addresses(&self, host: &str, port: u16) -> Hosts {
+    pub(super) async fn addresses(&self, host: &str, port: u16) -> Hosts {
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
             return vec![(host.to_string(), SocketAddr::new(ip, port))];
         }
-        match self.auth.resolver().ipv4_lookup(host, NO_V4_CACHE).await {
+        match self
+            .delivery_dns
+            .resolver()
+            .ipv4_lookup(host, NO_V4_CACHE)
+            .await
+        {
             Ok(set) => set
                 .rrset
                 .iter()

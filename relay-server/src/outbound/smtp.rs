@@ -1,13 +1,14 @@
 //! The outbound SMTP client (RFC 5321): one connection to a destination,
-//! upgraded with STARTTLS when the server offers it (RFC 3207; opportunistic,
-//! RFC 7435, so any certificate is taken), then any number of messages on it.
+//! upgraded with STARTTLS when the server offers it (RFC 3207), then any
+//! number of messages on it. STARTTLS is opportunistic (RFC 7435: any
+//! certificate is taken, the clear is accepted) unless an MTA-STS policy in
+//! `enforce` mode requires it with a valid certificate (RFC 8461 §4.2).
 
+use super::tls::Trust;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// The longest reply accepted, all lines together.
 const MAX_REPLY: usize = 64 * 1024;
@@ -58,10 +59,22 @@ impl Outcome {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// What a connection needs of TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRequirement {
+    /// STARTTLS when offered, any certificate; else in the clear.
+    Opportunistic,
+    /// STARTTLS and a certificate valid for the host name, or no delivery.
+    Verified,
+}
+
 pub struct Connection {
     stream: BufReader<Box<dyn Stream>>,
     timeout: Duration,
     pub tls: bool,
+    /// Whether the server's certificate is valid for the name (PKIX), or why
+    /// not (also when there is no TLS).
+    pub pkix: Result<(), String>,
     pub peer: SocketAddr,
 }
 
@@ -79,6 +92,9 @@ pub enum SmtpError {
     Refused(SocketAddr, Reply),
     #[error("{0} sent a malformed reply")]
     Malformed(SocketAddr),
+    /// TLS was required (MTA-STS `enforce`) and did not happen.
+    #[error("{0}: no TLS with a valid certificate, as MTA-STS requires: {1}")]
+    TlsRequired(SocketAddr, String),
 }
 
 impl SmtpError {
@@ -88,88 +104,17 @@ impl SmtpError {
     }
 }
 
-/// A TLS client for opportunistic STARTTLS: encryption against passive
-/// listeners, with no certificate check (RFC 7435 §1.3).
-pub fn opportunistic_tls() -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-                .with_no_client_auth()
-        });
-    let config = match config {
-        Ok(c) => c,
-        // The ring provider supports the default versions; this is unreachable
-        // in practice, and a config without TLS 1.3 still works.
-        Err(_) => rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))))
-            .with_no_client_auth(),
-    };
-    TlsConnector::from(Arc::new(config))
-}
-
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 impl Connection {
     /// Connects, reads the greeting, says EHLO and starts TLS when offered.
     pub async fn open(
         peer: SocketAddr,
         server_name: &str,
         helo: &str,
-        tls: &TlsConnector,
+        trust: &Trust,
+        requirement: TlsRequirement,
         timeout: Duration,
     ) -> Result<Self, SmtpError> {
+        let required = |why: &str| SmtpError::TlsRequired(peer, why.to_string());
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(peer))
             .await
             .map_err(|_| SmtpError::Timeout(peer))?
@@ -179,6 +124,7 @@ impl Connection {
             stream: BufReader::new(Box::new(tcp) as Box<dyn Stream>),
             timeout,
             tls: false,
+            pkix: Err("no TLS".into()),
             peer,
         };
         let greeting = conn.reply().await?;
@@ -193,25 +139,46 @@ impl Connection {
             .text
             .split(' ')
             .any(|w| w.eq_ignore_ascii_case("STARTTLS"));
+        let verified = requirement == TlsRequirement::Verified;
         if !offers_tls {
+            if verified {
+                return Err(required("STARTTLS not offered"));
+            }
             return Ok(conn);
         }
         let reply = conn.command("STARTTLS").await?;
         if reply.code != 220 {
+            if verified {
+                return Err(required(&format!("STARTTLS answered {reply}")));
+            }
             // Opportunistic: carry on in the clear.
             return Ok(conn);
         }
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(peer.ip().into()));
+        let connector = if verified {
+            &trust.verified
+        } else {
+            &trust.opportunistic
+        };
         let plain = conn.stream.into_inner();
-        let upgraded = tokio::time::timeout(timeout, tls.connect(name, plain))
+        let upgraded = tokio::time::timeout(timeout, connector.connect(name.clone(), plain))
             .await
             .map_err(|_| SmtpError::Timeout(peer))?
-            .map_err(|e| SmtpError::Io(peer, format!("TLS handshake: {e}")))?;
+            .map_err(|e| match verified {
+                true => required(&format!("TLS handshake: {e}")),
+                false => SmtpError::Io(peer, format!("TLS handshake: {e}")),
+            })?;
+        let pkix = match upgraded.get_ref().1.peer_certificates() {
+            _ if verified => Ok(()),
+            Some(chain) => trust.check(chain, &name),
+            None => Err("no certificate".into()),
+        };
         let mut conn = Connection {
             stream: BufReader::new(Box::new(upgraded) as Box<dyn Stream>),
             timeout,
             tls: true,
+            pkix,
             peer,
         };
         // RFC 3207 §4.2: everything learned before TLS is forgotten.
@@ -363,6 +330,36 @@ mod tests {
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
     }
 
+    /// MTA-STS `enforce`: a server without STARTTLS gets no mail.
+    #[tokio::test]
+    async fn required_tls_is_not_given_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = BufReader::new(s);
+            s.get_mut().write_all(b"220 hi\r\n").await.unwrap();
+            let mut line = Vec::new();
+            s.read_until(b'\n', &mut line).await.unwrap();
+            s.get_mut().write_all(b"250 no tls here\r\n").await.unwrap();
+            s.read_until(b'\n', &mut line).await
+        });
+        let result = Connection::open(
+            addr,
+            "mx.example.org",
+            "relay.test",
+            &Trust::new(None).unwrap(),
+            TlsRequirement::Verified,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(e @ SmtpError::TlsRequired(..)) if !e.permanent()),
+            "{:?}",
+            result.err()
+        );
+    }
+
     #[tokio::test]
     async fn talks_to_a_scripted_server() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -397,7 +394,8 @@ mod tests {
             addr,
             "localhost",
             "relay.test",
-            &opportunistic_tls(),
+            &Trust::new(None).unwrap(),
+            TlsRequirement::Opportunistic,
             Duration::from_secs(5),
         )
         .await

@@ -1,6 +1,7 @@
 //! All of the relay's SQL, one file per concern: `accounts` (accounts, link
 //! tokens, linked nodes), `handles` (look-alike checks, aliases switch) and
-//! `spool` (mail waiting for nodes), `outbound` (mail nodes send).
+//! `spool` (mail waiting for nodes), `outbound` (mail nodes send), `mta_sts`
+//! (recipient domains' MTA-STS policies).
 //! One code path for SQLite (the embedded default) and PostgreSQL (shared state
 //! for several relay instances), through sqlx's `Any` driver and one set of
 //! migrations.
@@ -75,12 +76,14 @@ mod accounts;
 mod dns;
 mod domains;
 mod handles;
+mod mta_sts;
 mod outbound;
 mod spool;
 
 pub use accounts::{ImportedAccount, ImportedNode};
 pub use dns::{AccountDns, RecordKind};
 pub use domains::{Domain, DomainState, OPERATOR_LOCAL_PARTS};
+pub use mta_sts::StoredPolicy;
 pub use outbound::{DueRcpt, NewOutbound};
 
 #[derive(Clone)]

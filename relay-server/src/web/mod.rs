@@ -11,7 +11,7 @@
 mod api;
 mod autoconfig;
 mod domains;
-mod mta_sts;
+pub(crate) mod mta_sts;
 pub mod wkd;
 
 pub use autoconfig::ClientSettings;

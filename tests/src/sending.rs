@@ -1,0 +1,198 @@
+//! Helpers of the sending tests (`outbound`, `mta_sts`): a standalone
+//! Postfix as a recipient domain's MX on a loopback port, a node with
+//! submission and IMAP listeners and a password, and Python's smtplib,
+//! imaplib and dkimpy driven through `tests/outbound_client.py`.
+
+use crate::harness::{free_port, Node, Relay};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/outbound_client.py");
+pub const PASSWORD: &str = "correct horse battery";
+
+pub fn client(mode: &str, config: &serde_json::Value) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(CLIENT)
+        .arg(mode)
+        .arg(config.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A standalone Postfix instance as the MX of `domains` on a loopback port,
+/// delivering every accepted recipient into one Maildir, refusing
+/// `reject@example.org` with 550 5.1.1, and making no DNS lookups; with
+/// STARTTLS when given a certificate and key (PEM files).
+pub struct Postfix {
+    conf: PathBuf,
+    maildir: PathBuf,
+    log: PathBuf,
+}
+
+impl Postfix {
+    pub fn new(dir: &Path, port: u16, domains: &[&str], tls: Option<(&Path, &Path)>) -> Self {
+        let root = dir.join("postfix");
+        let (conf, queue, data, mail) = (
+            root.join("conf"),
+            root.join("queue"),
+            root.join("data"),
+            root.join("mail"),
+        );
+        for d in [&conf, &queue, &data, &mail] {
+            std::fs::create_dir_all(d).expect("postfix folders");
+        }
+        let r = root.display();
+        let domains = domains.join(" ");
+        let tls = match tls {
+            Some((cert, key)) => format!(
+                "smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\n\
+                 smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {r}/queue\ndata_directory = {r}/data\n\
+                 myhostname = mx.example.org\nmydomain = example.org\nmyorigin = example.org\n\
+                 mydestination =\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n\
+                 mynetworks = 127.0.0.0/8\nsmtp_dns_support_level = disabled\n\
+                 smtpd_peername_lookup = no\nmaillog_file_prefixes = {r}\nmaillog_file = {r}/maillog\n\
+                 virtual_mailbox_domains = {domains}\nvirtual_mailbox_base = {r}/mail\n\
+                 virtual_mailbox_maps = static:inbox/\nvirtual_uid_maps = static:65534\n\
+                 virtual_gid_maps = static:65534\nalias_maps =\nalias_database =\n\
+                 smtpd_recipient_restrictions = check_recipient_access inline:{{ {{reject@example.org=550 5.1.1 no such user here}} }}, permit_mynetworks, reject\n{tls}"
+            ),
+        )
+        .expect("main.cf");
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("master.cf");
+        let master: String = master
+            .lines()
+            .map(|l| {
+                if l.starts_with("smtp      inet") {
+                    format!("127.0.0.1:{port} inet n - n - - smtpd\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(conf.join("master.cf"), master).expect("master.cf");
+        for (path, owner) in [(&data, "postfix"), (&mail, "65534:65534")] {
+            let ok = Command::new("chown")
+                .arg(owner)
+                .arg(path)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown {owner} {}", path.display());
+        }
+        Postfix {
+            conf,
+            maildir: mail.join("inbox"),
+            log: root.join("maillog"),
+        }
+    }
+
+    pub fn postfix(&self, action: &str) {
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg(action)
+            .output()
+            .expect("run postfix");
+        assert!(
+            out.status.success() || action == "stop",
+            "postfix {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Postfix's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every message delivered so far.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in entries.flatten() {
+                    out.push(std::fs::read(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn with_subject(&self, subject: &str) -> Option<Vec<u8>> {
+        self.messages()
+            .into_iter()
+            .find(|m| String::from_utf8_lossy(m).contains(subject))
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A linked node with submission (STARTTLS) and IMAP listeners and a password.
+pub fn node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, SocketAddr, SocketAddr) {
+    let token = relay.add_account(handle);
+    let node = Node::new(dir, relay, handle, Some(&token));
+    let submission = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let imap = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut config = std::fs::read_to_string(&node.config).expect("node config");
+    config.push_str(&format!(
+        "\n[access]\nsubmission = \"{submission}\"\nimap = \"{imap}\"\n"
+    ));
+    std::fs::write(&node.config, config).expect("node config");
+    let mut child = Command::new(crate::harness::bin("omb-node"))
+        .arg("-c")
+        .arg(&node.config)
+        .arg("password")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("omb-node password");
+    use std::io::Write;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(PASSWORD.as_bytes()).expect("password");
+    }
+    assert!(child.wait().expect("password").success());
+    (node, submission, imap)
+}
+
+pub fn send(
+    submission: SocketAddr,
+    user: &str,
+    mail_from: &str,
+    from: &str,
+    to: &[&str],
+    subject: &str,
+) -> String {
+    let (_, out) = client(
+        "send",
+        &serde_json::json!({
+            "submission": submission.to_string(), "user": user, "password": PASSWORD,
+            "mail_from": mail_from, "from": from, "to": to, "subject": subject,
+        }),
+    );
+    out
+}
