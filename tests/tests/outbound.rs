@@ -57,6 +57,19 @@ fn sending_through_the_relay_to_postfix_and_between_accounts() {
         "sandbox.test",
         "signed by (aligned with) the From domain"
     );
+    // SPF for the address Postfix saw, and DMARC alignment, judged by pyspf and the
+    // DMARC record as the recipient's side would.
+    let (ok, out) = client(
+        "auth",
+        &serde_json::json!({"file": file, "dns": relay.dns.to_string()}),
+    );
+    assert!(ok, "auth check: {out}");
+    let verdict: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(verdict["spf"], "pass", "{verdict}");
+    assert_eq!(verdict["return_path"], a, "{verdict}");
+    assert_eq!(verdict["spf_aligned"], true, "{verdict}");
+    assert_eq!(verdict["dkim_aligned"], true, "{verdict}");
+    assert_eq!(verdict["dmarc"], "pass", "{verdict}");
     let text = String::from_utf8_lossy(&received);
     assert!(text.contains("s=alice;"), "selector is the handle: {text}");
     assert!(!text.contains("..leading dot line") && text.contains(".leading dot line"));

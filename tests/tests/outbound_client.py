@@ -8,6 +8,12 @@
 #   dkim:   {"file": PATH, "dns": "127.0.0.1:P"} -> verifies the message's DKIM
 #           signature with dkimpy, its key looked up at the relay's DNS only;
 #           prints the signing domain, exit 1 if it fails
+#   auth:   {"file": PATH, "dns": "127.0.0.1:P"} -> judges a message as it was
+#           received, as the recipient's side would: SPF (pyspf) for the client
+#           address, HELO and Return-Path that the receiving Postfix recorded, DKIM
+#           (dkimpy) and DMARC alignment with the From domain (RFC 7489 §3.1,
+#           relaxed: same last two labels) under the published _dmarc policy; all
+#           DNS at the relay's server only. Prints JSON {spf, dkim, dmarc, policy}
 import imaplib
 import json
 import smtplib
@@ -74,26 +80,81 @@ def imap():
     sys.exit(1)
 
 
-def dkim_verify():
-    import dkim
+def resolver():
+    """A resolver that asks the relay's DNS server only, also made dnspython's default
+    (pyspf uses the default one)."""
     import dns.resolver
 
     host, port = hostport("dns")
     res = dns.resolver.Resolver(configure=False)
     res.nameservers = [host]
     res.port = port
+    dns.resolver.default_resolver = res
+    return res
+
+
+def dkim_check(data, res):
+    """(verified, signing domain) by dkimpy, its key looked up through `res`."""
+    import dkim
 
     def dnsfunc(name, timeout=5):
         name = name.decode() if isinstance(name, bytes) else name
         answer = res.resolve(name, "TXT", lifetime=timeout)
         return b"".join(b"".join(r.strings) for r in answer)
 
-    data = open(CFG["file"], "rb").read()
     d = dkim.DKIM(data)
-    if not d.verify(dnsfunc=dnsfunc):
+    ok = d.verify(dnsfunc=dnsfunc)
+    return ok, (d.domain or b"").decode()
+
+
+def dkim_verify():
+    data = open(CFG["file"], "rb").read()
+    ok, domain = dkim_check(data, resolver())
+    if not ok:
         print("DKIM verification failed")
         sys.exit(1)
-    print(d.domain.decode())
+    print(domain)
 
 
-{"send": send, "imap": imap, "dkim": dkim_verify}[MODE]()
+def aligned(domain, from_domain, mode):
+    domain, from_domain = domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    if mode == "s":
+        return domain == from_domain
+    return domain.split(".")[-2:] == from_domain.split(".")[-2:]
+
+
+def auth_check():
+    import email
+    import re
+    from email.utils import parseaddr
+
+    import dns.resolver
+    import spf
+
+    res = resolver()
+    data = open(CFG["file"], "rb").read()
+    msg = email.message_from_bytes(data)
+    from_domain = parseaddr(msg["From"])[1].rsplit("@", 1)[-1]
+    return_path = parseaddr(msg["Return-Path"] or "")[1]
+    # The receiving Postfix's own Received field: "from HELO (NAME [IP])".
+    seen = re.search(r"from (\S+) \(.*?\[([0-9a-fA-F.:]+)\]\)", msg.get_all("Received")[0])
+    helo, ip = seen.group(1), seen.group(2)
+    spf_result, _ = spf.check2(i=ip, s=return_path, h=helo)
+    dkim_ok, dkim_domain = dkim_check(data, res)
+    tags = {}
+    for r in res.resolve(f"_dmarc.{from_domain}", "TXT"):
+        record = b"".join(r.strings).decode()
+        if record.startswith("v=DMARC1"):
+            tags = dict(t.strip().split("=", 1) for t in record.split(";") if "=" in t)
+    spf_aligned = spf_result == "pass" and aligned(return_path.rsplit("@", 1)[-1], from_domain, tags.get("aspf", "r"))
+    dkim_aligned = dkim_ok and aligned(dkim_domain, from_domain, tags.get("adkim", "r"))
+    print(json.dumps({
+        "ip": ip, "helo": helo, "return_path": return_path,
+        "spf": spf_result, "spf_aligned": spf_aligned,
+        "dkim": "pass" if dkim_ok else "fail", "dkim_aligned": dkim_aligned,
+        "dmarc": "pass" if tags and (spf_aligned or dkim_aligned) else "fail",
+        "policy": tags.get("p"),
+    }))
+
+
+{"send": send, "imap": imap, "dkim": dkim_verify, "auth": auth_check}[MODE]()
