@@ -44,6 +44,8 @@ pub struct AccessConfig {
     pub submission_max_size: Option<usize>,
     /// Recipients of one submitted message, at most; 100 when unset.
     pub submission_max_recipients: Option<usize>,
+    /// Submission connections open at once from one address; 10 when unset.
+    pub submission_connections_per_address: Option<usize>,
     /// The TLS certificate chain (PEM) for the names apps use; with `tls_key`.
     /// Without them the node makes a self-signed one (apps will warn).
     pub tls_cert: Option<PathBuf>,

@@ -159,6 +159,7 @@ pub async fn start(opts: &SandboxOptions) -> anyhow::Result<Sandbox> {
             submissions: Some(any),
             submission_max_size: None,
             submission_max_recipients: None,
+            submission_connections_per_address: None,
             tls_cert: Some(tls_cert),
             tls_key: Some(tls_key),
             ciphertext_to_apps: false,

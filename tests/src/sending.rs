@@ -153,15 +153,32 @@ impl Drop for Postfix {
     }
 }
 
-/// A linked node with submission (STARTTLS) and IMAP listeners and a password.
-pub fn node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, SocketAddr, SocketAddr) {
+/// Where a node's mail apps connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    /// Submission with STARTTLS (587).
+    pub submission: SocketAddr,
+    /// Submission in implicit TLS (465).
+    pub submissions: SocketAddr,
+    /// IMAP with STARTTLS.
+    pub imap: SocketAddr,
+}
+
+/// A linked node with submission (STARTTLS and implicit TLS) and IMAP listeners and a
+/// password.
+pub fn node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, Access) {
     let token = relay.add_account(handle);
     let node = Node::new(dir, relay, handle, Some(&token));
-    let submission = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let imap = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let access = Access {
+        submission: loopback(free_port()),
+        submissions: loopback(free_port()),
+        imap: loopback(free_port()),
+    };
     let mut config = std::fs::read_to_string(&node.config).expect("node config");
     config.push_str(&format!(
-        "\n[access]\nsubmission = \"{submission}\"\nimap = \"{imap}\"\n"
+        "\n[access]\nsubmission = \"{}\"\nsubmissions = \"{}\"\nimap = \"{}\"\n",
+        access.submission, access.submissions, access.imap
     ));
     std::fs::write(&node.config, config).expect("node config");
     let mut child = Command::new(crate::harness::bin("omb-node"))
@@ -176,11 +193,36 @@ pub fn node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, Socke
         stdin.write_all(PASSWORD.as_bytes()).expect("password");
     }
     assert!(child.wait().expect("password").success());
-    (node, submission, imap)
+    (node, access)
 }
 
+/// Submits one message with smtplib on `submission` (STARTTLS, then AUTH); the
+/// server's final answer as "CODE TEXT".
 pub fn send(
     submission: SocketAddr,
+    user: &str,
+    mail_from: &str,
+    from: &str,
+    to: &[&str],
+    subject: &str,
+) -> String {
+    submit(submission, false, user, mail_from, from, to, subject)
+}
+
+/// [`send`] on a port of implicit TLS (465, RFC 8314 §3.3).
+pub fn send_implicit_tls(
+    submissions: SocketAddr,
+    user: &str,
+    from: &str,
+    to: &[&str],
+    subject: &str,
+) -> String {
+    submit(submissions, true, user, from, from, to, subject)
+}
+
+fn submit(
+    port: SocketAddr,
+    implicit_tls: bool,
     user: &str,
     mail_from: &str,
     from: &str,
@@ -190,8 +232,9 @@ pub fn send(
     let (_, out) = client(
         "send",
         &serde_json::json!({
-            "submission": submission.to_string(), "user": user, "password": PASSWORD,
-            "mail_from": mail_from, "from": from, "to": to, "subject": subject,
+            "submission": port.to_string(), "implicit_tls": implicit_tls, "user": user,
+            "password": PASSWORD, "mail_from": mail_from, "from": from, "to": to,
+            "subject": subject,
         }),
     );
     out

@@ -9,7 +9,7 @@
 //! then accepted later. One test, so the peers start once (about a minute).
 
 use omb_tests::harness::{free_port, have_tool, is_root, wait_until, Relay, TestDir};
-use omb_tests::sending::{client, node_with_access, send, Postfix, PASSWORD};
+use omb_tests::sending::{client, node_with_access, send, send_implicit_tls, Postfix, PASSWORD};
 use std::time::Duration;
 
 #[test]
@@ -26,8 +26,9 @@ fn sending_through_the_relay_to_postfix_and_between_accounts() {
     );
     let mut relay = Relay::new(dir.path(), "sqlite", &extra);
     relay.start();
-    let (mut alice, alice_sub, alice_imap) = node_with_access(dir.path(), &relay, "alice");
-    let (mut bob, _, _) = node_with_access(dir.path(), &relay, "bob");
+    let (mut alice, alice_access) = node_with_access(dir.path(), &relay, "alice");
+    let (alice_sub, alice_imap) = (alice_access.submission, alice_access.imap);
+    let (mut bob, _) = node_with_access(dir.path(), &relay, "bob");
     alice.start();
     bob.start();
     alice.wait_tunnel_ups(1, Duration::from_secs(60));
@@ -73,6 +74,21 @@ fn sending_through_the_relay_to_postfix_and_between_accounts() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.contains("s=alice;"), "selector is the handle: {text}");
     assert!(!text.contains("..leading dot line") && text.contains(".leading dot line"));
+
+    // 1b. The same on 465, TLS from the first byte (RFC 8314 §3.3).
+    let reply = send_implicit_tls(
+        alice_access.submissions,
+        a,
+        a,
+        &["bob@example.org"],
+        "over implicit tls",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_until(
+        Duration::from_secs(30),
+        "Postfix receives the message sent on 465",
+        || postfix.with_subject("over implicit tls").is_some(),
+    );
 
     // 2. Postfix down: deferred; the relay killed and restarted meanwhile;
     //    delivered once Postfix is back.

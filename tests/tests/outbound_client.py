@@ -1,8 +1,10 @@
 # Python's smtplib, imaplib and dkimpy against Own-Mailbox's sending path
 # (run by tests/tests/outbound.rs). Usage: outbound_client.py MODE CONFIG_JSON
-#   send:   {"submission": "127.0.0.1:P", "user", "password", "mail_from",
-#            "from", "to": [...], "subject"}  -> prints "CODE TEXT" of the
-#           server's final answer (250 when queued), exit 0 either way
+#   send:   {"submission": "127.0.0.1:P", "implicit_tls": false, "user",
+#            "password", "mail_from", "from", "to": [...], "subject"} -> STARTTLS
+#           (or TLS from the start with implicit_tls), AUTH, the message; prints
+#           "CODE TEXT" of the server's final answer (250 when queued), exit 0
+#           either way
 #   imap:   {"imap": "127.0.0.1:P", "user", "password", "subject"} -> prints
 #           the first INBOX message whose Subject contains "subject", exit 1 if none
 #   dkim:   {"file": PATH, "dns": "127.0.0.1:P"} -> verifies the message's DKIM
@@ -45,10 +47,15 @@ def send():
     msg["Subject"] = CFG["subject"]
     msg.set_content("Hello from smtplib.\n.leading dot line\n")
     host, port = hostport("submission")
-    with smtplib.SMTP(host, port, timeout=90) as s:
+    if CFG.get("implicit_tls"):
+        session = smtplib.SMTP_SSL(host, port, timeout=90, context=no_verify())
+    else:
+        session = smtplib.SMTP(host, port, timeout=90)
+    with session as s:
         s.ehlo("client.test")
-        s.starttls(context=no_verify())
-        s.ehlo("client.test")
+        if not CFG.get("implicit_tls"):
+            s.starttls(context=no_verify())
+            s.ehlo("client.test")
         s.login(CFG["user"], CFG["password"])
         try:
             s.send_message(msg, from_addr=CFG["mail_from"], to_addrs=CFG["to"])

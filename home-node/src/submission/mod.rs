@@ -52,6 +52,10 @@ pub fn limits(config: &AccessConfig) -> server::Limits {
             .submission_max_recipients
             .unwrap_or(d.max_recipients)
             .max(1),
+        per_ip: config
+            .submission_connections_per_address
+            .unwrap_or(d.per_ip)
+            .max(1),
         ..d
     }
 }
