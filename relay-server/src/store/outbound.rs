@@ -39,17 +39,11 @@ impl Store {
     pub async fn outbound_insert(&self, m: &NewOutbound) -> Result<String, StoreError> {
         let now = super::now();
         let mut tx = self.pool.begin().await?;
-        let existing =
-            sqlx::query("SELECT id FROM outbound WHERE handle = $1 AND submission_id = $2")
-                .bind(&m.handle)
-                .bind(&m.submission_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(row) = existing {
-            return Ok(row.try_get(0)?);
-        }
+        // The write comes first: a SQLite transaction that read before writing
+        // fails at once ("database is locked") when another connection wrote
+        // meanwhile, whatever the busy timeout; one that starts by writing waits.
         let id = QueueId::generate().to_string();
-        sqlx::query("INSERT INTO outbound (id, handle, submission_id, mail_from, data, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        let inserted = sqlx::query("INSERT INTO outbound (id, handle, submission_id, mail_from, data, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (handle, submission_id) DO NOTHING")
             .bind(&id)
             .bind(&m.handle)
             .bind(&m.submission_id)
@@ -57,7 +51,17 @@ impl Store {
             .bind(&m.data)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+        if inserted == 0 {
+            let existing =
+                sqlx::query("SELECT id FROM outbound WHERE handle = $1 AND submission_id = $2")
+                    .bind(&m.handle)
+                    .bind(&m.submission_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Ok(existing.try_get(0)?);
+        }
         let mut seen = std::collections::HashSet::new();
         for rcpt in &m.rcpt_to {
             let lower = rcpt.to_lowercase();
