@@ -24,7 +24,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use omb_node::submission::session::{
-    Action, LoginVerdict, Session, SessionConfig, SubmitVerdict,
+    Action, LoginVerdict, Senders, Session, SessionConfig, SubmitVerdict,
 };
 
 const READ_SIZES: [usize; 16] = [usize::MAX, 1, 2, 3, 5, 8, 13, 64, 100, 256, 512, 1024, 7, 17, 31, usize::MAX];
@@ -56,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
         tls_available: conn & 1 != 0 && !implicit,
         plaintext_auth: loopback,
         max_errors: 20,
-        addresses: vec!["alice@sandbox.test".into()],
+        senders: Senders {
+            addresses: vec!["alice@sandbox.test".into()],
+            domains: vec!["alice.example".into()],
+        },
     };
     let mut tls = implicit;
     let mut logged_in = false;

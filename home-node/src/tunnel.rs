@@ -28,8 +28,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub struct AccountFacts {
     /// The account's handle: the DKIM selector under the relay's domain.
     pub handle: String,
-    /// Every address of the account, lower case.
-    pub addresses: Vec<String>,
+    /// What the account may send as.
+    pub senders: crate::submission::session::Senders,
 }
 
 /// A message for the relay, from the submission server; the answer comes
@@ -160,11 +160,15 @@ impl<C: Connector> TunnelClient<C> {
             return retry(e);
         }
         let account = match read_frame(&mut recv, &mut dec).await {
-            Ok(Frame::Welcome { account, addresses }) => {
-                info!(%account, ?addresses, relay = %peer, "tunnel up");
+            Ok(Frame::Welcome {
+                account,
+                addresses,
+                domains,
+            }) => {
+                info!(%account, ?addresses, ?domains, relay = %peer, "tunnel up");
                 let _ = self.account.send(Some(AccountFacts {
                     handle: account.clone(),
-                    addresses: addresses.iter().map(|a| a.to_lowercase()).collect(),
+                    senders: senders(addresses, domains),
                 }));
                 if linking {
                     if let Err(e) = std::fs::write(&self.linked_marker, &account) {
@@ -282,6 +286,14 @@ impl<C: Connector> TunnelClient<C> {
                         }
                     }
                     Ok(Frame::Pong { .. }) => {}
+                    Ok(Frame::Account { addresses, domains }) => {
+                        info!(?addresses, ?domains, "the account's addresses changed");
+                        self.account.send_modify(|facts| {
+                            if let Some(facts) = facts {
+                                facts.senders = senders(addresses, domains);
+                            }
+                        });
+                    }
                     Ok(Frame::Published { kind, error }) => {
                         if let Some(i) = publishing.iter().position(|p| p.kind == kind) {
                             let request = publishing.remove(i);
@@ -343,5 +355,13 @@ impl<C: Connector> TunnelClient<C> {
             items.push(job.await??);
         }
         Ok(self.store.deliver_batch(&items).await?)
+    }
+}
+
+/// What the relay says the account may send as, lower case.
+fn senders(addresses: Vec<String>, domains: Vec<String>) -> crate::submission::session::Senders {
+    crate::submission::session::Senders {
+        addresses: addresses.iter().map(|a| a.to_lowercase()).collect(),
+        domains: domains.iter().map(|d| d.to_lowercase()).collect(),
     }
 }

@@ -11,10 +11,11 @@
 //! node  -> Hello{version, node_key}
 //! relay -> Challenge{nonce}
 //! node  -> Link{token, cert, sig}   (first time)   | Auth{sig}   (every later time)
-//! relay -> Welcome{..}                              | Refused{reason}
+//! relay -> Welcome{account, addresses, domains}    | Refused{reason}
 //! relay -> Deliver{..} ...   node -> Ack{id} ...    (at-least-once; acked after a durable store)
 //! either -> Ping / Pong
 //! node  -> Publish{kind, values}   relay -> Published{kind, error}   (DNS records)
+//! relay -> Account{addresses, domains}   (what the account may send as, changed)
 //! node  -> Submit{..} ...  relay -> Submitted{id, outcome}   (outgoing mail; the
 //!          relay answers `Queued` only once the message is durable, and a
 //!          Submit sent again with the same id is not queued twice)
@@ -37,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The version this build speaks; a peer with another version is refused with a
 /// reason instead of being misread.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame accepted: room for the relay's largest message after
 /// encryption and armouring (ASCII armour adds about a third).
@@ -65,10 +66,12 @@ pub enum Frame {
     Auth {
         signature: Vec<u8>,
     },
-    /// The session is up.
+    /// The session is up. `addresses` and `domains` say what the account may
+    /// send as (see [`Frame::Account`]).
     Welcome {
         account: String,
         addresses: Vec<String>,
+        domains: Vec<String>,
     },
     /// The session is refused; the connection closes after this frame.
     Refused {
@@ -105,6 +108,14 @@ pub enum Frame {
     Submitted {
         id: String,
         outcome: SubmitOutcome,
+    },
+    /// What the account may send as changed (a custom domain verified, suspended
+    /// or removed, aliases turned on or off): its addresses, lower case, and the
+    /// domains any local part of which is its own (verified custom domains, and
+    /// `HANDLE.RELAYDOMAIN` while aliases are on).
+    Account {
+        addresses: Vec<String>,
+        domains: Vec<String>,
     },
 }
 

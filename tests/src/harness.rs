@@ -169,6 +169,16 @@ impl Relay {
         }
     }
 
+    /// Makes the relay ask `resolver` (instead of its own DNS server) for what it
+    /// looks up: DKIM keys of submissions, deliveries. Before [`start`](Self::start).
+    pub fn use_resolver(&self, resolver: SocketAddr) {
+        let text = std::fs::read_to_string(&self.config).expect("relay config");
+        let own = format!("resolver = \"{}\"", self.dns);
+        assert!(text.contains(&own), "no resolver line in the relay config");
+        let text = text.replace(&own, &format!("resolver = \"{resolver}\""));
+        std::fs::write(&self.config, text).expect("relay config");
+    }
+
     pub fn start(&mut self) {
         let smtp = self.smtp;
         self.start_wrapped(&[], || std::net::TcpStream::connect(smtp).is_ok());

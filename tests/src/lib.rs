@@ -7,3 +7,4 @@ pub mod knot;
 pub mod netns;
 pub mod sandbox;
 pub mod sending;
+pub mod unbound;

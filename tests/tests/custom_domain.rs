@@ -6,9 +6,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use omb_tests::harness::{free_port, have_tool, relay_with_alice, swaks, wait_until, TestDir};
+use omb_tests::harness::{
+    free_port, have_tool, is_root, relay_with_alice, swaks, wait_until, Relay, TestDir,
+};
 use omb_tests::http::{request, Response};
 use omb_tests::knot::Knot;
+use omb_tests::sending::{client, node_with_access, send, Postfix};
+use omb_tests::unbound::Unbound;
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "example.org";
@@ -290,4 +294,87 @@ fn a_custom_domain_is_verified_receives_mail_is_suspended_and_moves() {
     assert_eq!(removed.status, 204);
     assert_eq!(rcpt_code(relay.smtp, "someone@example.org"), "550");
     assert_eq!(rcpt_code(relay_b.smtp, "someone@example.org"), "250");
+}
+
+/// Mail from the user's own domain, as the Internet judges it: the node signs for that
+/// domain with the `omb` selector, whose key the user's zone CNAMEs to the relay; the
+/// relay checks it through a real recursive resolver (Unbound) that knows the user's
+/// zone (Knot) and the relay's own, and so does the receiving side after Postfix got
+/// the message: DKIM (dkimpy), SPF (pyspf) through the user's `include:` of the relay,
+/// and DMARC alignment under the user's own policy.
+#[test]
+fn mail_from_a_custom_domain_passes_dkim_spf_and_dmarc() {
+    if !is_root() || !have_tool("postfix") || !Knot::available() || !Unbound::available() {
+        eprintln!("skipped: needs root, postfix, knot and unbound (scripts/install-peers)");
+        return;
+    }
+    let dir = TestDir::new("custom-domain-send");
+    let mut knot = Knot::start(&dir.path().join("knot"), DOMAIN, "@ TXT \"v=spf1 -all\"\n");
+    let (http, postfix_port) = (SocketAddr::from(([127, 0, 0, 1], free_port())), free_port());
+    let extra = format!(
+        "{}\n[outbound]\nroutes = {{ \"dest.test\" = \"127.0.0.1:{postfix_port}\" }}\n",
+        relay_extra(http, knot.addr)
+    );
+    let mut relay = Relay::new(dir.path(), "sqlite", &extra);
+    let unbound = Unbound::start(
+        &dir.path().join("unbound"),
+        &[("sandbox.test", relay.dns), (DOMAIN, knot.addr)],
+    );
+    relay.use_resolver(unbound.addr);
+    relay.start();
+    let (mut alice, access) = node_with_access(dir.path(), &relay, "alice");
+    alice.start();
+    alice.wait_tunnel_ups(1, Duration::from_secs(60));
+    let postfix = Postfix::new(dir.path(), postfix_port, &["dest.test"], None);
+    postfix.postfix("start");
+
+    let api = Api {
+        http,
+        token: relay.api_token("alice"),
+    };
+    let added = api.call("POST", "/api/v1/domains", Some(&json!({"domain": DOMAIN})));
+    assert_eq!(
+        added.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    knot.set_records(&zone_lines(&added.json()["records"]));
+    assert_eq!(api.verify()["state"], "verified");
+
+    let from = "alice@example.org";
+    let to = ["bob@dest.test"];
+    let reply = send(
+        access.submission,
+        "alice@sandbox.test",
+        from,
+        from,
+        &to,
+        "from my domain",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_until(Duration::from_secs(30), "Postfix receives it", || {
+        postfix.with_subject("from my domain").is_some()
+    });
+    let received = postfix.with_subject("from my domain").unwrap_or_default();
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.contains("d=example.org;") && text.contains("s=omb;"),
+        "signed for the user's domain with the omb selector: {text}"
+    );
+    let file = dir.path().join("from-my-domain.eml");
+    std::fs::write(&file, &received).expect("write");
+    let (ok, out) = client(
+        "auth",
+        &json!({"file": file, "dns": unbound.addr.to_string()}),
+    );
+    assert!(ok, "auth check: {out}");
+    let verdict: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(verdict["return_path"], from, "{verdict}");
+    assert_eq!(verdict["dkim"], "pass", "{verdict}");
+    assert_eq!(verdict["dkim_aligned"], true, "{verdict}");
+    assert_eq!(verdict["spf"], "pass", "{verdict}");
+    assert_eq!(verdict["spf_aligned"], true, "{verdict}");
+    assert_eq!(verdict["dmarc"], "pass", "{verdict}");
+    drop(alice);
 }

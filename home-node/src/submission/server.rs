@@ -100,7 +100,10 @@ impl SubmissionServer {
                     .split_once('@')
                     .map(|(l, _)| l.to_string())
                     .unwrap_or_default(),
-                addresses: vec![self.address.clone()],
+                senders: super::session::Senders {
+                    addresses: vec![self.address.clone()],
+                    domains: Vec::new(),
+                },
             })
     }
 
@@ -142,7 +145,7 @@ async fn connection(
         tls_available: !implicit_tls,
         plaintext_auth: peer.ip().to_canonical().is_loopback(),
         max_errors: server.limits.max_errors,
-        addresses: facts.addresses,
+        senders: facts.senders,
     };
     if implicit_tls {
         let Some(mut tls) = handshake(server, stream).await else {
@@ -272,7 +275,7 @@ async fn write<S: AsyncWrite + Unpin>(
 /// once the relay has it.
 async fn submit(server: &SubmissionServer, tx: Transaction) -> SubmitVerdict {
     let facts = server.facts();
-    let domain = match sign::check_from(&tx.data, &facts.addresses) {
+    let domain = match sign::check_from(&tx.data, &facts.senders) {
         Ok(d) => d,
         Err(e) => return SubmitVerdict::Permanent(e.to_string()),
     };

@@ -27,8 +27,29 @@ pub struct SessionConfig {
     pub plaintext_auth: bool,
     /// Bad commands tolerated before the session is closed.
     pub max_errors: usize,
-    /// The account's addresses, lower case: the only envelope senders allowed.
+    /// What the account may send as: the only envelope senders allowed.
+    pub senders: Senders,
+}
+
+/// The addresses an account may send as, as the relay last described them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Senders {
+    /// Its own addresses, lower case.
     pub addresses: Vec<String>,
+    /// Domains whose every address is its own (verified custom domains, and
+    /// `HANDLE.RELAYDOMAIN` while aliases are on), lower case.
+    pub domains: Vec<String>,
+}
+
+impl Senders {
+    /// Whether the account may send as `address` (any letter case).
+    pub fn owns(&self, address: &str) -> bool {
+        let lower = address.to_lowercase();
+        self.addresses.contains(&lower)
+            || lower.rsplit_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && self.domains.iter().any(|d| d == domain)
+            })
+    }
 }
 
 /// What the driver must do next.
@@ -371,8 +392,7 @@ impl Session {
                     self.reply(&text);
                     return None;
                 }
-                let lower = address.to_lowercase();
-                if !self.config.addresses.contains(&lower) {
+                if !self.config.senders.owns(&address) {
                     // RFC 6409 §6.1: the submission server may refuse a
                     // sender the user is not entitled to.
                     self.reply("553 5.7.1 Sender address is not one of this account's addresses");

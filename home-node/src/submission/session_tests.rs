@@ -8,7 +8,10 @@ fn config(plaintext_auth: bool) -> SessionConfig {
         tls_available: true,
         plaintext_auth,
         max_errors: 5,
-        addresses: vec!["alice@sandbox.test".into()],
+        senders: Senders {
+            addresses: vec!["alice@sandbox.test".into()],
+            domains: vec!["alice.example".into()],
+        },
     }
 }
 

@@ -8,6 +8,8 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 
+use super::session::Senders;
+
 /// The header fields signed, when present (RFC 6376 §5.4.1's list, less the
 /// ones that relays commonly rewrite).
 const SIGNED_HEADERS: &[&str] = &[
@@ -40,8 +42,9 @@ pub enum SignError {
     Signer(String),
 }
 
-/// The From domain of a message whose From is one of `addresses`, or why not.
-pub fn check_from(data: &[u8], addresses: &[String]) -> Result<String, SignError> {
+/// The From domain of a message whose From is one of the account's `senders`, or
+/// why not.
+pub fn check_from(data: &[u8], senders: &Senders) -> Result<String, SignError> {
     let message = mail_parser::MessageParser::new()
         .parse_headers(data)
         .ok_or(SignError::NoHeader)?;
@@ -54,7 +57,7 @@ pub fn check_from(data: &[u8], addresses: &[String]) -> Result<String, SignError
         })
         .unwrap_or_default();
     match from.as_slice() {
-        [one] if addresses.contains(one) => one
+        [one] if senders.owns(one) => one
             .rsplit_once('@')
             .map(|(_, d)| d.to_string())
             .ok_or(SignError::ForeignFrom),
@@ -120,7 +123,10 @@ mod tests {
 
     #[test]
     fn from_must_be_the_accounts() {
-        let addresses = vec!["alice@sandbox.test".to_string()];
+        let addresses = Senders {
+            addresses: vec!["alice@sandbox.test".to_string()],
+            domains: vec!["alice.example".to_string()],
+        };
         assert_eq!(
             check_from(
                 b"From: Alice <ALICE@sandbox.test>\r\n\r\nhi\r\n",
@@ -141,6 +147,15 @@ mod tests {
         );
         assert_eq!(
             check_from(b"Subject: x\r\n\r\n", &addresses),
+            Err(SignError::ForeignFrom)
+        );
+        // Any address of a domain of the account's own.
+        assert_eq!(
+            check_from(b"From: Shop <Shop@Alice.Example>\r\n\r\n", &addresses),
+            Ok("alice.example".into())
+        );
+        assert_eq!(
+            check_from(b"From: x@sub.alice.example\r\n\r\n", &addresses),
             Err(SignError::ForeignFrom)
         );
         assert_eq!(selector("Sandbox.test", "sandbox.test", "Alice"), "alice");

@@ -141,19 +141,54 @@ impl Store {
         report: &str,
     ) -> Result<(), StoreError> {
         let at = now();
-        sqlx::query(
+        let owner = sqlx::query(
             "UPDATE domains SET state = $1, report = $2, checked_at = $3, \
              verified_at = CASE WHEN $4 = 1 THEN COALESCE(verified_at, $3) ELSE verified_at END \
-             WHERE domain = $5",
+             WHERE domain = $5 RETURNING handle",
         )
         .bind(state.as_str())
         .bind(report)
         .bind(at)
         .bind(i64::from(state == DomainState::Verified))
         .bind(domain)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
+        if let Some(row) = owner {
+            self.account_changed(&row.try_get::<String, _>(0)?);
+        }
         Ok(())
+    }
+
+    /// A receiver of the handles whose senders (addresses, verified domains,
+    /// aliases) may have changed, sent after each commit of this process.
+    pub fn account_changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.account_changes.subscribe()
+    }
+
+    fn account_changed(&self, handle: &str) {
+        let _ = self.account_changes.send(handle.to_string());
+    }
+
+    /// What `handle` may send as: its addresses, and the domains any address of
+    /// which is its own — its verified custom domains, and `HANDLE.RELAY_DOMAIN`
+    /// while aliases are on. The same addresses [`Store::route`] gives it.
+    pub async fn senders(
+        &self,
+        handle: &str,
+        relay_domain: &str,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let addresses = self.addresses(handle).await?;
+        let mut domains: Vec<String> = self
+            .domains(Some(handle))
+            .await?
+            .into_iter()
+            .filter(|d| d.state == DomainState::Verified)
+            .map(|d| d.domain)
+            .collect();
+        if self.aliases(handle).await? == Some(true) {
+            domains.push(format!("{handle}.{relay_domain}").to_lowercase());
+        }
+        Ok((addresses, domains))
     }
 
     /// Removes a domain at once: from the next RCPT on, its mail is refused.
@@ -163,6 +198,7 @@ impl Store {
             .bind(handle)
             .execute(&self.pool)
             .await?;
+        self.account_changed(handle);
         Ok(gone.rows_affected() == 1)
     }
 
@@ -176,6 +212,7 @@ impl Store {
         if changed.rows_affected() == 0 {
             return Err(StoreError::NoAccount(handle.to_string()));
         }
+        self.account_changed(handle);
         Ok(())
     }
 

@@ -92,6 +92,8 @@ pub struct Store {
     writer: mpsc::Sender<WriteOp>,
     /// Handles whose DNS data changed (see [`Store::dns_changes`]).
     dns_changes: tokio::sync::broadcast::Sender<String>,
+    /// Handles whose senders changed (see [`Store::account_changes`]).
+    account_changes: tokio::sync::broadcast::Sender<String>,
 }
 
 /// A spool write waiting for the writer task.
@@ -158,10 +160,12 @@ impl Store {
             tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
         }
         let (dns_changes, _) = tokio::sync::broadcast::channel(1024);
+        let (account_changes, _) = tokio::sync::broadcast::channel(256);
         let store = Store {
             pool,
             writer,
             dns_changes,
+            account_changes,
         };
         store.fill_skeletons().await?;
         Ok(store)

@@ -27,6 +27,9 @@ const RESCAN: Duration = Duration::from_secs(5);
 /// Bytes of mail sent to a node and not yet acknowledged, at most (one larger
 /// message is always allowed alone).
 const MAX_INFLIGHT_BYTES: i64 = 16 * 1024 * 1024;
+/// How often the account's senders are looked at for changes made by other
+/// processes (this process's own changes are sent at once).
+const SENDERS_REFRESH: Duration = Duration::from_secs(60);
 
 pub struct TunnelContext {
     pub store: Store,
@@ -164,12 +167,19 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
         Err(_) => return refuse(&mut send, conn, "handshake timed out").await,
     };
     dec.set_limit(omb_shared::protocol::MAX_FRAME_LEN);
-    let addresses = ctx.store.addresses(&handle).await.unwrap_or_default();
+    // Subscribed before the first look, so no change falls between the two.
+    let mut account_changes = ctx.store.account_changes();
+    let mut senders = ctx
+        .store
+        .senders(&handle, &ctx.outbound.relay_domain)
+        .await
+        .unwrap_or_default();
     if write_frame(
         &mut send,
         &Frame::Welcome {
             account: handle.clone(),
-            addresses,
+            addresses: senders.0.clone(),
+            domains: senders.1.clone(),
         },
     )
     .await
@@ -177,6 +187,11 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
     {
         return;
     }
+    // Changes made by other processes (the CLI, another relay on the same
+    // database) are not announced: looked for now and then.
+    let mut senders_refresh = tokio::time::interval(SENDERS_REFRESH);
+    senders_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    senders_refresh.tick().await;
     let mut registration = ctx.hub.register(&handle, side);
     info!(%handle, "node connected");
 
@@ -314,6 +329,13 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                         inflight_bytes += size;
                     }
                 }
+                changed = account_changes.recv() => {
+                    // Lagging behind counts as a change of ours.
+                    if changed.as_ref().map_or(true, |h| *h == handle) {
+                        resend_senders(ctx, &handle, &mut senders, &mut send).await?;
+                    }
+                }
+                _ = senders_refresh.tick() => resend_senders(ctx, &handle, &mut senders, &mut send).await?,
                 _ = registration.wake.notified() => need_scan = true,
                 _ = registration.stop.notified() => return Err("replaced by a newer connection of the same node".to_string()),
                 _ = tokio::time::sleep(RESCAN) => need_scan = true,
@@ -333,6 +355,31 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
             conn.close(&reason);
         }
     }
+}
+
+/// Tells the node what its account may send as, when that changed since `sent`.
+async fn resend_senders<W: AsyncWrite + Unpin>(
+    ctx: &TunnelContext,
+    handle: &str,
+    sent: &mut (Vec<String>, Vec<String>),
+    send: &mut W,
+) -> Result<(), String> {
+    let now = match ctx.store.senders(handle, &ctx.outbound.relay_domain).await {
+        Ok(now) => now,
+        Err(e) => {
+            warn!(error = %e, "cannot read the account's addresses");
+            return Ok(());
+        }
+    };
+    if now != *sent {
+        let (addresses, domains) = now.clone();
+        info!(%handle, ?addresses, ?domains, "the account's addresses changed");
+        write_frame(send, &Frame::Account { addresses, domains })
+            .await
+            .map_err(|e| e.to_string())?;
+        *sent = now;
+    }
+    Ok(())
 }
 
 /// Sends one spooled message to the node.
@@ -394,5 +441,6 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Published { .. } => "Published",
         Frame::Submit(_) => "Submit",
         Frame::Submitted { .. } => "Submitted",
+        Frame::Account { .. } => "Account",
     }
 }
