@@ -11,7 +11,9 @@
 //! - bad.dane.example, MX mx-bad.dane.example, `3 1 1` of another key:
 //!   deferred and retried, never delivered, nothing sent in clear;
 //! - plain.dane.example (insecure), MX mx.plain.dane.example, the same wrong
-//!   TLSA record: the record is ignored and the mail delivered.
+//!   TLSA record: the record is ignored and the mail delivered;
+//! - bogus.dane.example, delegated with a DS record but served unsigned: its
+//!   MX records fail validation (bogus), the mail waits.
 
 use omb_tests::harness::{free_port, have_tool, is_root, wait_until, Relay, TestDir};
 use omb_tests::knot::{Knot, Zone};
@@ -67,7 +69,8 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
     let signed = format!(
         "@ MX 10 mx\nmx A 127.0.0.1\n_{postfix_port}._tcp.mx TLSA 3 1 1 {good}\n\
          bad MX 10 mx-bad\nmx-bad A 127.0.0.1\n_{postfix_port}._tcp.mx-bad TLSA 3 1 1 {wrong}\n\
-         plain NS ns1.plain\nns1.plain A 127.0.0.1\n"
+         plain NS ns1.plain\nns1.plain A 127.0.0.1\n\
+         bogus NS ns1.bogus\nns1.bogus A 127.0.0.1\nbogus DS 4242 13 2 {good}\n"
     );
     let plain = format!("@ MX 10 mx\nmx A 127.0.0.1\n_{postfix_port}._tcp.mx TLSA 3 1 1 {wrong}\n");
     let knot = Knot::start_zones(
@@ -83,6 +86,11 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
                 records: &plain,
                 signed: false,
             },
+            Zone {
+                name: "bogus.dane.example",
+                records: "@ MX 10 mx\nmx A 127.0.0.1\n",
+                signed: false,
+            },
         ],
     );
     let anchor = dir.path().join("trust-anchor.keys");
@@ -90,7 +98,12 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
     assert!(dnskeys.contains("DNSKEY"), "dig DNSKEY: {dnskeys}");
     std::fs::write(&anchor, &dnskeys).expect("trust anchor file");
 
-    let domains = ["dane.example", "bad.dane.example", "plain.dane.example"];
+    let domains = [
+        "dane.example",
+        "bad.dane.example",
+        "plain.dane.example",
+        "bogus.dane.example",
+    ];
     let postfix = Postfix::new(dir.path(), postfix_port, &domains, Some((&cert, &key)));
     postfix.postfix("start");
 
@@ -158,5 +171,21 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
         || postfix.with_subject("insecure zone").is_some(),
     );
     assert!(postfix.with_subject("dane mismatch").is_none());
+
+    // (4) Bogus MX records: the mail waits, retried.
+    submit("dave@bogus.dane.example", "bogus zone");
+    wait_until(Duration::from_secs(60), "bogus deferrals", || {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("deferred")
+                    && l.contains("dave@bogus.dane.example")
+                    && l.contains("4.7.5 DNSSEC")
+            })
+            .count()
+            >= 2
+    });
+    assert!(postfix.with_subject("bogus zone").is_none());
     drop(alice);
 }

@@ -249,8 +249,8 @@ mod tests {
         let p = provider();
         assert_eq!(
             verify(
-                &[r.clone()],
-                &[cert.clone()],
+                std::slice::from_ref(&r),
+                std::slice::from_ref(&cert),
                 &name("mx.example.org"),
                 now,
                 &p
@@ -260,7 +260,13 @@ mod tests {
         // Far in the future, past the certificate's end of validity.
         let later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1 << 40));
         assert_eq!(
-            verify(&[r], &[cert.clone()], &name("mx.example.org"), later, &p),
+            verify(
+                &[r],
+                std::slice::from_ref(&cert),
+                &name("mx.example.org"),
+                later,
+                &p
+            ),
             Ok(())
         );
         // PKIX-EE with the same data is not used for SMTP.
@@ -283,11 +289,18 @@ mod tests {
             record(DANE_TA, SPKI, SHA2_512, &spki),
         ] {
             assert_eq!(
-                verify(&[r.clone()], &chain, &name("mx.example.org"), now, &p),
+                verify(
+                    std::slice::from_ref(&r),
+                    &chain,
+                    &name("mx.example.org"),
+                    now,
+                    &p
+                ),
                 Ok(())
             );
             // The name is checked under DANE-TA.
-            assert!(verify(&[r.clone()], &chain, &name("other.example.org"), now, &p).is_err());
+            let other_name = name("other.example.org");
+            assert!(verify(std::slice::from_ref(&r), &chain, &other_name, now, &p).is_err());
             // The anchor must be in the chain the server sent.
             assert!(verify(&[r], &chain[..1], &name("mx.example.org"), now, &p).is_err());
         }
