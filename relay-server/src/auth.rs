@@ -35,6 +35,26 @@ const DNS_ATTEMPTS: usize = 2;
 /// Longest host name (RFC 1035 §2.3.4: 255 octets on the wire, 253 as text).
 const MAX_HOSTNAME_LEN: usize = 253;
 
+/// A resolver asking only `nameserver` (UDP, then TCP), with the relay's
+/// time limits, no hosts file and no search list (names are fully
+/// qualified).
+pub(crate) fn resolver_setup(nameserver: SocketAddr) -> (ResolverConfig, ResolverOpts) {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = nameserver.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = nameserver.port();
+    let server = NameServerConfig::new(nameserver.ip(), true, vec![udp, tcp]);
+    let config = ResolverConfig::from_name_servers(vec![server]);
+
+    let mut options = ResolverOpts::default();
+    options.timeout = DNS_TIMEOUT;
+    options.attempts = DNS_ATTEMPTS;
+    options.use_hosts_file = ResolveHosts::Never;
+    options.try_tcp_on_error = true;
+    options.ndots = 0;
+    (config, options)
+}
+
 /// Runs SPF, DKIM and DMARC for the relay's MX and writes the
 /// `Authentication-Results` header field for each received message.
 ///
@@ -101,21 +121,7 @@ impl Authenticator {
             return Err(AuthError::InvalidHostname(hostname.to_string()));
         }
 
-        let mut udp = ConnectionConfig::udp();
-        udp.port = nameserver.port();
-        let mut tcp = ConnectionConfig::tcp();
-        tcp.port = nameserver.port();
-        let server = NameServerConfig::new(nameserver.ip(), true, vec![udp, tcp]);
-        let config = ResolverConfig::from_name_servers(vec![server]);
-
-        let mut options = ResolverOpts::default();
-        options.timeout = DNS_TIMEOUT;
-        options.attempts = DNS_ATTEMPTS;
-        options.use_hosts_file = ResolveHosts::Never;
-        options.try_tcp_on_error = true;
-        // mail-auth asks for fully qualified names; no search list applies.
-        options.ndots = 0;
-
+        let (config, options) = resolver_setup(nameserver);
         let resolver = MessageAuthenticator::new(config, options)
             .map_err(|source| AuthError::Resolver { nameserver, source })?;
         Ok(Self {

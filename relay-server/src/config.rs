@@ -57,6 +57,12 @@ pub struct OutboundConfig {
     /// The HTTPS port of `mta-sts.DOMAIN` policy servers (443; tests use
     /// another).
     pub mta_sts_port: u16,
+    /// DANE (RFC 7672) for MX deliveries: MX and TLSA records validated with
+    /// DNSSEC through `resolver`, which must then return DNSSEC records.
+    pub dane: bool,
+    /// DNSKEY records (zone-file syntax) the DNSSEC validation of DANE
+    /// starts from; the IANA root's KSKs (built in) when unset.
+    pub dnssec_trust_anchor: Option<PathBuf>,
     /// Seconds before each retry after a temporary failure; the last one
     /// repeats until `expire_secs`.
     pub retry_secs: Vec<u64>,
@@ -89,6 +95,8 @@ impl Default for OutboundConfig {
             resolver: None,
             tls_roots: None,
             mta_sts_port: 443,
+            dane: true,
+            dnssec_trust_anchor: None,
             retry_secs: vec![120, 600, 1800, 3600, 7200, 14400, 28800],
             expire_secs: 5 * 86_400,
             poll_ms: 1000,
@@ -387,6 +395,8 @@ mod tests {
         assert_eq!(o.new_account_per_day, d.new_account_per_day);
         assert_eq!(o.max_recipients, d.max_recipients);
         assert_eq!(o.mta_sts_port, d.mta_sts_port);
+        assert_eq!(o.dane, d.dane);
+        assert_eq!(o.dnssec_trust_anchor, d.dnssec_trust_anchor);
         let (m, d) = (&example.mta_sts, MtaStsConfig::default());
         assert_eq!(m.mode, d.mode);
         assert_eq!(m.max_age_secs, d.max_age_secs);

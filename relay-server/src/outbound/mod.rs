@@ -7,9 +7,11 @@
 //!   route or the domain's MX — and retries, expires and bounces;
 //! - `smtp`: the SMTP client; `tls`: its TLS clients and trust roots;
 //!   `mta_sts`: recipient domains' MTA-STS policies (RFC 8461);
+//!   `dane`: MX hosts' DNSSEC-validated TLSA records (RFC 7672);
 //!   `dsn`: delivery status notifications (RFC 3464); `limits`: per-account
 //!   rates.
 
+pub mod dane;
 pub mod dsn;
 pub mod limits;
 pub mod mta_sts;
@@ -49,6 +51,8 @@ pub struct Outbound {
     limiter: limits::RateLimiter,
     wake: Notify,
     trust: tls::Trust,
+    /// The validating resolver of DANE, unless `[outbound] dane = false`.
+    dane: Option<dane::Dane>,
 }
 
 /// Why the outbound side cannot start.
@@ -58,6 +62,8 @@ pub enum OutboundError {
     Tls(#[from] tls::TlsError),
     #[error("[outbound] resolver: {0}")]
     Resolver(#[from] AuthError),
+    #[error(transparent)]
+    Dane(#[from] dane::DaneError),
 }
 
 impl Outbound {
@@ -74,8 +80,16 @@ impl Outbound {
             Some(server) => Authenticator::new(server, hostname)?,
             None => auth.clone(),
         };
+        let dane = match config.dane {
+            true => Some(dane::Dane::new(
+                delivery_dns.nameserver(),
+                config.dnssec_trust_anchor.as_deref(),
+            )?),
+            false => None,
+        };
         Ok(Arc::new(Outbound {
             trust: tls::Trust::new(config.tls_roots.as_deref())?,
+            dane,
             dns_server: delivery_dns.nameserver(),
             delivery_dns,
             limiter: limits::RateLimiter::new(config.per_minute),

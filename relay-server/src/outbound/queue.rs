@@ -4,7 +4,8 @@
 //! records what happened: done, retry later (on the configured schedule), or
 //! a DSN back to the sender (RFC 3464) when refused for good or expired.
 
-use super::mta_sts::{Mode, Policy};
+use super::dane::{HostDane, SecureMx};
+use super::mta_sts::Mode;
 use super::smtp::{Connection, Outcome, SmtpError, TlsRequirement};
 use super::{dsn, Outbound};
 use crate::mx::session::{AcceptedRcpt, StoreVerdict, Transaction};
@@ -21,8 +22,15 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Recipients claimed per look at the queue.
 const BATCH: i64 = 500;
 
-/// A destination: the hosts to try in order (name for TLS, address).
+/// Hosts by name (for TLS) and address.
 type Hosts = Vec<(String, SocketAddr)>;
+
+/// One host of a destination to try, and what its connection needs of TLS.
+struct Target {
+    name: String,
+    addr: SocketAddr,
+    tls: TlsRequirement,
+}
 
 impl Outbound {
     /// Runs the worker for ever.
@@ -84,7 +92,7 @@ impl Outbound {
         if remote.is_empty() {
             return;
         }
-        let (hosts, policy) = match self.destination(domain).await {
+        let (targets, mode) = match self.destination(domain).await {
             Ok(found) => found,
             Err(outcome) => {
                 for r in &remote {
@@ -97,24 +105,11 @@ impl Outbound {
         let mut conn = None;
         let mut last_error = String::from("4.4.1 no host to try");
         let mut permanent = false;
-        let mode = policy.as_ref().map(|p| p.mode);
-        let requirement = match mode {
-            Some(Mode::Enforce) => TlsRequirement::Verified,
-            _ => TlsRequirement::Opportunistic,
-        };
-        for (name, addr) in &hosts {
-            match Connection::open(
-                *addr,
-                name,
-                &self.hostname,
-                &self.trust,
-                requirement,
-                timeout,
-            )
-            .await
-            {
+        for Target { name, addr, tls } in &targets {
+            match Connection::open(*addr, name, &self.hostname, &self.trust, tls, timeout).await {
                 Ok(c) => {
-                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), "connected");
+                    let dane = matches!(tls, TlsRequirement::Dane(_));
+                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), dane, "connected");
                     if let (Some(Mode::Testing), Err(why)) = (mode, &c.pkix) {
                         warn!(host = %name, error = %why, "MTA-STS (testing): this MX fails the domain's policy; delivering anyway");
                     }
@@ -126,8 +121,8 @@ impl Outbound {
                     permanent = e.permanent();
                     last_error = match &e {
                         SmtpError::Refused(_, reply) => reply.to_string(),
-                        SmtpError::TlsRequired(..) => {
-                            warn!(host = %name, error = %e, "MTA-STS (enforce): not delivering through this MX");
+                        SmtpError::TlsRequired(_, policy, _) => {
+                            warn!(host = %name, error = %e, "{policy}: not delivering through this MX");
                             format!("4.7.5 {e}")
                         }
                         other => format!("4.4.1 {other}"),
@@ -179,21 +174,104 @@ impl Outbound {
     }
 
     /// Where mail for `domain` goes: its static route (as the operator set
-    /// it: no MTA-STS), or its MX hosts by preference (RFC 5321 §5.1; the
-    /// domain itself when it has no MX) that its MTA-STS policy allows, with
-    /// that policy.
-    async fn destination(&self, domain: &str) -> Result<(Hosts, Option<Policy>), Outcome> {
+    /// it: no DANE, no MTA-STS), or its MX hosts by preference (RFC 5321
+    /// §5.1; the domain itself when it has no MX) — under DANE when the MX
+    /// RRset is secure and a host has secure TLSA records (RFC 7672), else
+    /// those its MTA-STS policy allows, with that policy's mode.
+    async fn destination(&self, domain: &str) -> Result<(Vec<Target>, Option<Mode>), Outcome> {
         if let Some(route) = self.config.routes.get(domain) {
-            if let Ok(addr) = route.parse::<SocketAddr>() {
-                return Ok((vec![(domain.to_string(), addr)], None));
-            }
-            let Some((host, port)) = route.rsplit_once(':') else {
-                return Err(Outcome::Temporary(format!(
-                    "4.3.5 bad static route {route:?}"
-                )));
+            let hosts = if let Ok(addr) = route.parse::<SocketAddr>() {
+                vec![(domain.to_string(), addr)]
+            } else {
+                let Some((host, port)) = route.rsplit_once(':') else {
+                    return Err(Outcome::Temporary(format!(
+                        "4.3.5 bad static route {route:?}"
+                    )));
+                };
+                self.addresses(host, port.parse().unwrap_or(25)).await
             };
-            let port = port.parse().unwrap_or(25);
-            return Ok((self.addresses(host, port).await, None));
+            let targets = hosts
+                .into_iter()
+                .map(|(name, addr)| Target {
+                    name,
+                    addr,
+                    tls: TlsRequirement::Opportunistic,
+                })
+                .collect();
+            return Ok((targets, None));
+        }
+        let (names, secure) = self.mx_hosts(domain).await?;
+        // A null MX (RFC 7505): the domain takes no mail.
+        if names.len() == 1 && names[0].is_empty() {
+            return Err(Outcome::Permanent(format!(
+                "556 5.1.10 {domain} accepts no mail (null MX)"
+            )));
+        }
+        let mut dane = Vec::new();
+        if let (true, Some(resolver)) = (secure, &self.dane) {
+            for name in &names {
+                dane.push((name.clone(), resolver.host(name, self.config.mx_port).await));
+            }
+        }
+        let dane_applies = dane
+            .iter()
+            .any(|(_, h)| matches!(h, HostDane::Authenticated(_) | HostDane::Encrypted));
+        // RFC 8461 §2: where DANE applies, MTA-STS does not.
+        let (names, mode) = if dane_applies {
+            info!(%domain, "DANE: secure TLSA records; MTA-STS not consulted");
+            (names, None)
+        } else {
+            let policy = self.mta_sts(domain).await;
+            let names = super::mta_sts::allowed_hosts(domain, names, policy.as_ref())?;
+            (names, policy.map(|p| p.mode))
+        };
+        let default = match mode {
+            Some(Mode::Enforce) => TlsRequirement::Verified,
+            _ => TlsRequirement::Opportunistic,
+        };
+        let mut targets = Vec::new();
+        let mut failed = None;
+        for name in names {
+            let tls = match dane.iter().find(|(n, _)| *n == name).map(|(_, h)| h) {
+                Some(HostDane::Authenticated(records)) => TlsRequirement::Dane(records.clone()),
+                Some(HostDane::Encrypted) => TlsRequirement::Encrypted,
+                // RFC 7672 §2.2.3: a host whose TLSA records cannot be
+                // looked up securely is not used.
+                Some(HostDane::Failed(why)) => {
+                    warn!(host = %name, error = %why, "DANE: not delivering through this MX now");
+                    failed = Some(why.clone());
+                    continue;
+                }
+                Some(HostDane::None) | None => default.clone(),
+            };
+            for (name, addr) in self.addresses(&name, self.config.mx_port).await {
+                let tls = tls.clone();
+                targets.push(Target { name, addr, tls });
+            }
+        }
+        if targets.is_empty() {
+            return Err(Outcome::Temporary(match failed {
+                Some(why) => format!("4.7.5 DANE: {why}"),
+                None => format!("4.4.4 no address for the mail servers of {domain}"),
+            }));
+        }
+        Ok((targets, mode))
+    }
+
+    /// `domain`'s MX host names by preference, and whether DNSSEC proved
+    /// them (the validated answer is used then); a bogus MX RRset is a
+    /// temporary failure (RFC 7672 §2.2.1).
+    async fn mx_hosts(&self, domain: &str) -> Result<(Vec<String>, bool), Outcome> {
+        if let Some(dane) = &self.dane {
+            match dane.mx(domain).await {
+                Ok(SecureMx::Secure(names)) if !names.is_empty() => return Ok((names, true)),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Outcome::Temporary(format!(
+                        "4.7.5 DNSSEC look-up of the MX records of {domain}: {e}"
+                    )))
+                }
+            }
         }
         let resolver = self.delivery_dns.resolver();
         let mut names: Vec<String> = match resolver.mx_lookup(domain, NO_MX_CACHE).await {
@@ -224,24 +302,7 @@ impl Outbound {
             // No MX: the domain itself (RFC 5321 §5.1).
             names.push(domain.to_string());
         }
-        // A null MX (RFC 7505): the domain takes no mail.
-        if names.len() == 1 && names[0].is_empty() {
-            return Err(Outcome::Permanent(format!(
-                "556 5.1.10 {domain} accepts no mail (null MX)"
-            )));
-        }
-        let policy = self.mta_sts(domain).await;
-        let names = super::mta_sts::allowed_hosts(domain, names, policy.as_ref())?;
-        let mut hosts = Vec::new();
-        for name in names {
-            hosts.extend(self.addresses(&name, self.config.mx_port).await);
-        }
-        if hosts.is_empty() {
-            return Err(Outcome::Temporary(format!(
-                "4.4.4 no address for the mail servers of {domain}"
-            )));
-        }
-        Ok((hosts, policy))
+        Ok((names, false))
     }
 
     pub(super) async fn addresses(&self, host: &str, port: u16) -> Hosts {

@@ -2,8 +2,10 @@
 //! upgraded with STARTTLS when the server offers it (RFC 3207), then any
 //! number of messages on it. STARTTLS is opportunistic (RFC 7435: any
 //! certificate is taken, the clear is accepted) unless an MTA-STS policy in
-//! `enforce` mode requires it with a valid certificate (RFC 8461 §4.2).
+//! `enforce` mode requires it with a valid certificate (RFC 8461 §4.2), or
+//! the host's DANE TLSA records require it with a matching one (RFC 7672).
 
+use super::dane::Tlsa;
 use super::tls::Trust;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -60,12 +62,30 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What a connection needs of TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsRequirement {
     /// STARTTLS when offered, any certificate; else in the clear.
     Opportunistic,
-    /// STARTTLS and a certificate valid for the host name, or no delivery.
+    /// STARTTLS and a certificate valid for the host name (MTA-STS), or no
+    /// delivery.
     Verified,
+    /// STARTTLS and a certificate matching one of these usable TLSA records
+    /// (DANE), or no delivery.
+    Dane(Vec<Tlsa>),
+    /// STARTTLS with any certificate, or no delivery: DANE with TLSA
+    /// records none of which is usable (RFC 7672 §2.2).
+    Encrypted,
+}
+
+impl TlsRequirement {
+    /// The policy that makes TLS mandatory, if any.
+    fn policy(&self) -> Option<&'static str> {
+        match self {
+            TlsRequirement::Opportunistic => None,
+            TlsRequirement::Verified => Some("MTA-STS"),
+            TlsRequirement::Dane(_) | TlsRequirement::Encrypted => Some("DANE"),
+        }
+    }
 }
 
 pub struct Connection {
@@ -92,9 +112,9 @@ pub enum SmtpError {
     Refused(SocketAddr, Reply),
     #[error("{0} sent a malformed reply")]
     Malformed(SocketAddr),
-    /// TLS was required (MTA-STS `enforce`) and did not happen.
-    #[error("{0}: no TLS with a valid certificate, as MTA-STS requires: {1}")]
-    TlsRequired(SocketAddr, String),
+    /// TLS was required (MTA-STS `enforce`, DANE) and did not happen.
+    #[error("{0}: no TLS with a valid certificate, as {1} requires: {2}")]
+    TlsRequired(SocketAddr, &'static str, String),
 }
 
 impl SmtpError {
@@ -111,10 +131,12 @@ impl Connection {
         server_name: &str,
         helo: &str,
         trust: &Trust,
-        requirement: TlsRequirement,
+        requirement: &TlsRequirement,
         timeout: Duration,
     ) -> Result<Self, SmtpError> {
-        let required = |why: &str| SmtpError::TlsRequired(peer, why.to_string());
+        let policy = requirement.policy();
+        let required =
+            |why: &str| SmtpError::TlsRequired(peer, policy.unwrap_or_default(), why.to_string());
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(peer))
             .await
             .map_err(|_| SmtpError::Timeout(peer))?
@@ -139,7 +161,7 @@ impl Connection {
             .text
             .split(' ')
             .any(|w| w.eq_ignore_ascii_case("STARTTLS"));
-        let verified = requirement == TlsRequirement::Verified;
+        let verified = policy.is_some();
         if !offers_tls {
             if verified {
                 return Err(required("STARTTLS not offered"));
@@ -156,10 +178,14 @@ impl Connection {
         }
         let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(peer.ip().into()));
-        let connector = if verified {
-            &trust.verified
-        } else {
-            &trust.opportunistic
+        let connector = match requirement {
+            TlsRequirement::Opportunistic | TlsRequirement::Encrypted => {
+                trust.opportunistic.clone()
+            }
+            TlsRequirement::Verified => trust.verified.clone(),
+            TlsRequirement::Dane(records) => {
+                trust.dane(records).map_err(|e| required(&e.to_string()))?
+            }
         };
         let plain = conn.stream.into_inner();
         let upgraded = tokio::time::timeout(timeout, connector.connect(name.clone(), plain))
@@ -170,7 +196,7 @@ impl Connection {
                 false => SmtpError::Io(peer, format!("TLS handshake: {e}")),
             })?;
         let pkix = match upgraded.get_ref().1.peer_certificates() {
-            _ if verified => Ok(()),
+            _ if *requirement == TlsRequirement::Verified => Ok(()),
             Some(chain) => trust.check(chain, &name),
             None => Err("no certificate".into()),
         };
@@ -349,7 +375,7 @@ mod tests {
             "mx.example.org",
             "relay.test",
             &Trust::new(None).unwrap(),
-            TlsRequirement::Verified,
+            &TlsRequirement::Verified,
             Duration::from_secs(5),
         )
         .await;
@@ -395,7 +421,7 @@ mod tests {
             "localhost",
             "relay.test",
             &Trust::new(None).unwrap(),
-            TlsRequirement::Opportunistic,
+            &TlsRequirement::Opportunistic,
             Duration::from_secs(5),
         )
         .await

@@ -1,8 +1,10 @@
 //! The outbound side's TLS clients and trust roots: opportunistic STARTTLS
 //! that takes any certificate (RFC 7435), and PKIX validation against the
 //! Mozilla roots (webpki-roots) plus the operator's own CAs, for MTA-STS
-//! (RFC 8461 §4.2) and for fetching MTA-STS policies (§3.3).
+//! (RFC 8461 §4.2) and for fetching MTA-STS policies (§3.3), and DANE:
+//! the certificate matched against the MX host's TLSA records (RFC 7672 §3).
 
+use super::dane::{tlsa, Tlsa};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -31,6 +33,7 @@ pub struct Trust {
     /// Validates the certificate chain and the host name (PKIX).
     pub verified: TlsConnector,
     verifier: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl Trust {
@@ -65,13 +68,28 @@ impl Trust {
         let opportunistic = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider.clone())))
             .with_no_client_auth();
         Ok(Trust {
             opportunistic: TlsConnector::from(Arc::new(opportunistic)),
             verified: TlsConnector::from(Arc::new(verified)),
             verifier,
+            provider,
         })
+    }
+
+    /// A client that takes only a certificate matching one of `records`
+    /// (usable TLSA records of the host, RFC 7672 §3.1).
+    pub fn dane(&self, records: &[Tlsa]) -> Result<TlsConnector, TlsError> {
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(DaneCert {
+                records: records.to_vec(),
+                any: AnyCert(self.provider.clone()),
+            }))
+            .with_no_client_auth();
+        Ok(TlsConnector::from(Arc::new(config)))
     }
 
     /// Whether a chain a server presented is valid for `name` (PKIX), after
@@ -85,6 +103,53 @@ impl Trust {
             .verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now())
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Accepts a certificate that matches a TLSA record; the handshake
+/// signature as [`AnyCert`].
+#[derive(Debug)]
+struct DaneCert {
+    records: Vec<Tlsa>,
+    any: AnyCert,
+}
+
+impl ServerCertVerifier for DaneCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone()];
+        chain.extend(intermediates.iter().cloned());
+        tlsa::verify(&self.records, &chain, name, now, &self.any.0)
+            .map(|()| ServerCertVerified::assertion())
+            .map_err(|e| rustls::Error::General(format!("DANE: {e}")))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.any.supported_verify_schemes()
     }
 }
 
