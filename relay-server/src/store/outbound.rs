@@ -116,6 +116,12 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        // One transaction for the whole batch: one commit (one fsync) instead of
+        // one per recipient.
+        let mut tx = self.pool.begin().await?;
         for row in rows {
             let due = DueRcpt {
                 id: row.try_get(0)?,
@@ -132,13 +138,14 @@ impl Store {
                 .bind(&due.id)
                 .bind(&due.rcpt)
                 .bind(next_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
             if claimed == 1 {
                 out.push(due);
             }
         }
+        tx.commit().await?;
         Ok(out)
     }
 
