@@ -185,8 +185,10 @@ class Omb:
             text = f.read()
         text = toml_set(text, "relay", "tunnel", f"127.0.0.1:{tunnel}")
         text = toml_set(text, "access", "submission", f"127.0.0.1:{self.submission}")
-        # One address opens all the sessions (10 by default).
-        text = text.replace("[access]\n", f"[access]\nsubmission_connections_per_address = {args.sessions}\n", 1)
+        # One address opens all the sessions (10 by default); twice as many, since
+        # the sessions of one phase may still be closing when the next opens its own.
+        text = text.replace("[access]\n",
+                            f"[access]\nsubmission_connections_per_address = {2 * args.sessions}\n", 1)
         self.node_conf = os.path.join(d, "alice-bench.toml")
         with open(self.node_conf, "w") as f:
             f.write(text)
