@@ -115,7 +115,8 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
     );
     let mut relay = Relay::new(dir.path(), "sqlite", &extra);
     relay.start();
-    let (mut alice, submission, _) = node_with_access(dir.path(), &relay, "alice");
+    let (mut alice, access) = node_with_access(dir.path(), &relay, "alice");
+    let submission = access.submission;
     alice.start();
     alice.wait_tunnel_ups(1, Duration::from_secs(60));
     let a = "alice@sandbox.test";
