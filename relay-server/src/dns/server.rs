@@ -27,6 +27,8 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Replies queued for one TCP connection before it is written to; a transfer waits
 /// for room (`transfer::start`), other replies are one per query.
 const TCP_REPLY_QUEUE: usize = 64;
+/// UDP sockets at most, whatever the number of cores.
+const MAX_UDP_SOCKETS: usize = 8;
 /// How many times `bind` tries to find a port free for both UDP and TCP when given
 /// port 0.
 const BIND_ATTEMPTS: usize = 16;
@@ -42,7 +44,9 @@ pub struct ServerOptions {
 
 /// An authoritative DNS server for one [`ZoneSource`], on UDP and TCP of one port.
 pub struct DnsServer {
-    udp: UdpSocket,
+    /// One socket per core on the same port (SO_REUSEPORT): the kernel spreads the
+    /// clients over them, and each has its own receive loop.
+    udp: Vec<UdpSocket>,
     tcp: TcpListener,
     zone: Arc<dyn ZoneSource>,
     local_addr: SocketAddr,
@@ -65,8 +69,13 @@ impl DnsServer {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let udp = UdpSocket::bind(addr).await?;
-            let local_addr = udp.local_addr()?;
+            let first = reuse_port_udp(addr)?;
+            let local_addr = first.local_addr()?;
+            let mut udp = vec![first];
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            for _ in 1..cores.min(MAX_UDP_SOCKETS) {
+                udp.push(reuse_port_udp(local_addr)?);
+            }
             match TcpListener::bind(local_addr).await {
                 Ok(tcp) => {
                     return Ok(Self {
@@ -110,12 +119,27 @@ impl DnsServer {
             limiter: self.limiter.map(Mutex::new),
         };
         let mut server = Server::new(handler);
-        server.register_socket(self.udp);
+        for socket in self.udp {
+            server.register_socket(socket);
+        }
         server.register_listener(self.tcp, TCP_TIMEOUT, TCP_REPLY_QUEUE);
         if let Err(error) = server.block_until_done().await {
             warn!(%error, "dns: the server stopped");
         }
     }
+}
+
+/// A UDP socket bound to `addr` with SO_REUSEPORT, so that more can share the port.
+fn reuse_port_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Answers every request hickory-server parsed: a transfer from an allowed peer
