@@ -1,6 +1,7 @@
 //! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
+mod listing;
 pub mod mailbox;
 mod messages;
 mod meta;
@@ -8,6 +9,7 @@ pub mod pop3;
 
 pub use mailbox::MailboxInfo;
 pub use messages::{FlagOp, FlagUpdate, MsgRow};
+pub use meta::MetaBytes;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -87,6 +89,9 @@ pub struct MailStore {
     pool: SqlitePool,
     meta_key: std::sync::Arc<meta::MetaKey>,
     changes: tokio::sync::broadcast::Sender<Change>,
+    listings: std::sync::Arc<listing::Listings>,
+    /// Counts the changes announced so far (see [`MailStore::generation`]).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MailStore {
@@ -113,6 +118,8 @@ impl MailStore {
             pool,
             meta_key,
             changes,
+            listings: Default::default(),
+            generation: Default::default(),
         };
         store.create_default_mailboxes().await?;
         Ok(store)
@@ -155,7 +162,18 @@ impl MailStore {
         self.changes.subscribe()
     }
 
+    /// A number that grows with every change committed to any folder (this
+    /// process is the store's only writer). A session that saw it before
+    /// looking at a folder knows, while it has not moved, that nothing changed
+    /// there, without asking the database.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Announces a committed change (call after the commit).
     pub(crate) fn notify(&self, mailbox_id: i64) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // No receiver is fine: nobody is looking.
         let _ = self.changes.send(Change { mailbox_id });
     }
