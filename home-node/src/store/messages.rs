@@ -243,20 +243,11 @@ impl MailStore {
         flags: &[String],
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL")
-            .execute(&mut *conn)
-            .await?;
+        let mut conn = self.relaxed().await?;
         let out = self
             .set_flags_on(&mut conn, mailbox_id, uids, op, flags, unchanged_since)
             .await;
-        let restored = sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await;
-        if restored.is_err() {
-            // Never hand a connection that is not durable to a delivery.
-            conn.close_on_drop();
-        }
+        super::durable_again(conn).await;
         let out = out?;
         if !out.changed.is_empty() {
             self.notify(mailbox_id);

@@ -169,7 +169,21 @@ impl MailStore {
         ) else {
             return Ok(());
         };
-        let mut tx = self.pool.begin_with(WRITE_TX).await?;
+        // A cache entry lost in a power cut is made again: no fsync for it.
+        let mut conn = self.relaxed().await?;
+        let done = Self::insert_meta(&mut conn, mailbox_id, uid, sealed, envelope).await;
+        super::durable_again(conn).await;
+        done
+    }
+
+    async fn insert_meta(
+        conn: &mut sqlx::SqliteConnection,
+        mailbox_id: i64,
+        uid: u32,
+        sealed: Vec<u8>,
+        envelope: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, WRITE_TX).await?;
         // Only while the message exists (it may have been expunged meanwhile).
         sqlx::query("INSERT OR REPLACE INTO message_meta (mailbox_id, uid, meta) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2)")
             .bind(mailbox_id)

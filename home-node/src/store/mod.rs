@@ -11,8 +11,9 @@ pub use mailbox::MailboxInfo;
 pub use messages::{FlagOp, FlagUpdate, MsgRow};
 pub use meta::MetaBytes;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -242,6 +243,19 @@ impl MailStore {
         Ok(out)
     }
 
+    /// A connection whose commits skip the fsync (`synchronous = NORMAL`;
+    /// WAL keeps the database consistent, and the change is durable at the
+    /// next checkpoint or durable commit), for what may be lost in a power
+    /// cut: flags and the metadata cache, never a message. Hand it back with
+    /// [`durable_again`].
+    pub(crate) async fn relaxed(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(conn)
+    }
+
     async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT id FROM mailboxes WHERE name = ?1")
             .bind(name)
@@ -296,6 +310,17 @@ impl MailStore {
                 .await?
                 .try_get(0)?,
         )
+    }
+}
+
+/// Makes a connection from [`MailStore::relaxed`] durable again before the
+/// pool hands it to a delivery (or closes it when that fails).
+pub(crate) async fn durable_again(mut conn: PoolConnection<Sqlite>) {
+    let restored = sqlx::query("PRAGMA synchronous = FULL")
+        .execute(&mut *conn)
+        .await;
+    if restored.is_err() {
+        conn.close_on_drop();
     }
 }
 
