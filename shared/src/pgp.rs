@@ -168,19 +168,44 @@ pub fn encrypt_whole_message(cert: &Cert, message: &[u8]) -> Result<Vec<u8>, Pgp
 /// secret keys of `key`. For a PGP/MIME message made by
 /// [`encrypt_whole_message`] this gives back the original message, byte for byte.
 pub fn decrypt_message(key: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> {
+    decrypt_message_with(key, message, None).map(|(plain, _)| plain)
+}
+
+/// Like [`decrypt_message`], and also gives the message's session key; with
+/// `known` (that key, kept from an earlier decryption) the public-key step
+/// (ECDH and key unwrapping, most of the work for a small message) is skipped.
+/// A `known` key that does not fit falls back to the secret keys of `key`.
+pub fn decrypt_message_with(
+    key: &Cert,
+    message: &[u8],
+    known: Option<&MessageKey>,
+) -> Result<(Vec<u8>, Option<MessageKey>), PgpError> {
     const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
     const END: &[u8] = b"-----END PGP MESSAGE-----";
     let start = find(message, BEGIN).ok_or(PgpError::NotEncrypted)?;
     let end = find(&message[start..], END)
         .map(|e| start + e + END.len())
         .ok_or(PgpError::NotEncrypted)?;
-    decrypt_bytes(key, &message[start..end])
+    decrypt_bytes_with(key, &message[start..end], known)
 }
 
 /// Decrypts one OpenPGP message (armoured or binary).
 pub fn decrypt_bytes(key: &Cert, ciphertext: &[u8]) -> Result<Vec<u8>, PgpError> {
+    decrypt_bytes_with(key, ciphertext, None).map(|(plain, _)| plain)
+}
+
+fn decrypt_bytes_with(
+    key: &Cert,
+    ciphertext: &[u8],
+    known: Option<&MessageKey>,
+) -> Result<(Vec<u8>, Option<MessageKey>), PgpError> {
     let p = StandardPolicy::new();
-    let helper = Helper { key, policy: &p };
+    let helper = Helper {
+        key,
+        policy: &p,
+        known,
+        used: None,
+    };
     // No signature is checked here, so there is no need to hold the plaintext
     // back: sequoia's default buffer (25 MiB) would make every decryption a
     // huge allocation that the allocator keeps around afterwards.
@@ -189,7 +214,37 @@ pub fn decrypt_bytes(key: &Cert, ciphertext: &[u8]) -> Result<Vec<u8>, PgpError>
         .with_policy(&p, None, helper)?;
     let mut out = Vec::with_capacity(ciphertext.len());
     std::io::copy(&mut decryptor, &mut out)?;
-    Ok(out)
+    Ok((out, decryptor.into_helper().used))
+}
+
+/// A message's session key (RFC 9580 5.1) with its algorithm, to decrypt the
+/// same message again cheaply. As secret as the message: keep it encrypted.
+#[derive(Clone)]
+pub struct MessageKey {
+    algo: Option<SymmetricAlgorithm>,
+    key: SessionKey,
+}
+
+impl MessageKey {
+    /// The algorithm's number (0 when the packet names it, as in SEIPDv2),
+    /// then the key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.key.len());
+        out.push(self.algo.map_or(0, u8::from));
+        out.extend_from_slice(&self.key);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<MessageKey> {
+        let (&algo, key) = bytes.split_first()?;
+        if key.is_empty() {
+            return None;
+        }
+        Some(MessageKey {
+            algo: (algo != 0).then(|| SymmetricAlgorithm::from(algo)),
+            key: SessionKey::from(key),
+        })
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -199,6 +254,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 struct Helper<'a> {
     key: &'a Cert,
     policy: &'a StandardPolicy<'a>,
+    known: Option<&'a MessageKey>,
+    /// The session key that opened the message.
+    used: Option<MessageKey>,
 }
 
 impl VerificationHelper for Helper<'_> {
@@ -218,6 +276,12 @@ impl DecryptionHelper for Helper<'_> {
         sym_algo: Option<SymmetricAlgorithm>,
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
+        if let Some(k) = self.known {
+            if decrypt(k.algo, &k.key) {
+                self.used = Some(k.clone());
+                return Ok(None);
+            }
+        }
         for ka in self
             .key
             .keys()
@@ -230,6 +294,7 @@ impl DecryptionHelper for Helper<'_> {
             for pkesk in pkesks {
                 if let Some((algo, sk)) = pkesk.decrypt(&mut pair, sym_algo) {
                     if decrypt(algo, &sk) {
+                        self.used = Some(MessageKey { algo, key: sk });
                         return Ok(None);
                     }
                 }
@@ -288,6 +353,11 @@ mod tests {
         assert!(!hay.contains("token-XYZ"));
         assert!(hay.contains("multipart/encrypted"));
         assert_eq!(decrypt_message(&cert, &wrapped).unwrap(), msg);
+        // Its session key decrypts it again, even with only the public key.
+        let (_, k) = decrypt_message_with(&cert, &wrapped, None).unwrap();
+        let k = MessageKey::from_bytes(&k.unwrap().to_bytes()).unwrap();
+        let (plain, _) = decrypt_message_with(&public, &wrapped, Some(&k)).unwrap();
+        assert_eq!(plain, msg);
         // The public certificate alone can't decrypt.
         assert!(decrypt_message(&public, &wrapped).is_err());
         // A secret key round-trips through its armoured file form.

@@ -37,6 +37,17 @@ pub struct Login {
     local_part: String,
     hash_file: PathBuf,
     failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+    /// The last password that passed Argon2, as a keyed digest, with the hash
+    /// it matched: mail apps log in again and again (a connection per folder,
+    /// per check), and each Argon2 check costs 19 MiB and tens of milliseconds.
+    verified: Mutex<Option<Verified>>,
+    /// The key of those digests, made at start and never stored.
+    digest_key: [u8; 32],
+}
+
+struct Verified {
+    hash: String,
+    digest: [u8; 32],
 }
 
 impl Login {
@@ -52,6 +63,8 @@ impl Login {
             local_part,
             hash_file: data_dir.join(FILE),
             failures: Mutex::new(HashMap::new()),
+            verified: Mutex::new(None),
+            digest_key: rand::random(),
         }
     }
 
@@ -77,9 +90,14 @@ impl Login {
             Err(_) => return Err(LoginError::NoPassword),
         };
         let user_ok = self.is_user(user);
-        let password = password.to_string();
+        let digest = self.digest(password);
         // Verify even for a wrong user name, so timing does not tell them apart.
-        let password_ok = verify_on_login_thread(hash, password).await;
+        let password_ok = self.verified_before(&hash, &digest)
+            || verify_on_login_thread(hash.clone(), password.to_string()).await;
+        if password_ok {
+            *self.verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Verified { hash, digest });
+        }
         if user_ok && password_ok {
             return Ok(());
         }
@@ -87,6 +105,28 @@ impl Login {
         tracing::warn!(%peer, "failed login");
         tokio::time::sleep(FAILURE_DELAY).await;
         Err(LoginError::Failed)
+    }
+
+    fn digest(&self, password: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.digest_key);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Whether this password (by digest) passed Argon2 against `hash` before:
+    /// the hash file unchanged, the digest equal (compared in constant time).
+    fn verified_before(&self, hash: &str, digest: &[u8; 32]) -> bool {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.as_ref().is_some_and(|v| {
+            v.hash == hash
+                && v.digest
+                    .iter()
+                    .zip(digest)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
     }
 
     fn throttled(&self, peer: IpAddr) -> bool {
@@ -109,7 +149,9 @@ type Check = (String, String, tokio::sync::oneshot::Sender<bool>);
 
 /// Argon2id takes 19 MiB per check. On tokio's blocking pool every thread
 /// that ever checked a password would keep that much (the allocator holds on
-/// to it), so checks run one at a time on one thread of their own.
+/// to it), so checks run one at a time on one thread of their own, and the
+/// memory is given back after each (a password that passed is not checked
+/// with Argon2 again, so checks are rare).
 async fn verify_on_login_thread(hash: String, password: String) -> bool {
     static CHECKS: std::sync::OnceLock<Option<Mutex<std::sync::mpsc::Sender<Check>>>> =
         std::sync::OnceLock::new();
@@ -118,10 +160,8 @@ async fn verify_on_login_thread(hash: String, password: String) -> bool {
         std::thread::Builder::new()
             .name("omb-login".into())
             .spawn(move || {
-                // The 19 MiB of work memory is allocated once and reused.
-                let mut memory = Vec::new();
                 while let Ok((hash, password, reply)) = rx.recv() {
-                    let _ = reply.send(verify_with(&hash, &password, &mut memory));
+                    let _ = reply.send(verify_with(&hash, &password, &mut Vec::new()));
                 }
             })
             .ok()
@@ -242,6 +282,16 @@ mod tests {
             .await
             .is_ok());
         assert!(login.check(peer, "ALICE", "correct horse").await.is_ok());
+        // A new password replaces the one that passed before.
+        let third: IpAddr = [127, 0, 0, 3].into();
+        set_password(&dir, "battery staple").unwrap();
+        assert_eq!(
+            login.check(third, "alice", "correct horse").await,
+            Err(LoginError::Failed)
+        );
+        assert!(login.check(third, "alice", "battery staple").await.is_ok());
+        set_password(&dir, "correct horse").unwrap();
+        assert!(login.check(third, "alice", "correct horse").await.is_ok());
         assert_eq!(
             login.check(peer, "bob", "correct horse").await,
             Err(LoginError::Failed)

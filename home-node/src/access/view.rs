@@ -5,6 +5,7 @@
 //! decrypt themselves.
 
 use crate::keys::Keys;
+use omb_shared::pgp::MessageKey;
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -53,14 +54,25 @@ impl MailView {
     /// The message as apps get it. A stored message this node's key cannot
     /// decrypt (kept as it came) is handed over as stored.
     pub fn render(&self, stored: &[u8]) -> Vec<u8> {
+        self.render_with(stored, None).0
+    }
+
+    /// Like [`MailView::render`], with the message's session key when it was
+    /// kept from an earlier reading (the public-key step is then skipped), and
+    /// giving the key back for next time.
+    pub fn render_with(
+        &self,
+        stored: &[u8],
+        known: Option<&MessageKey>,
+    ) -> (Vec<u8>, Option<MessageKey>) {
         if self.ciphertext_to_apps || !omb_shared::mime::is_encrypted(stored) {
-            return stored.to_vec();
+            return (stored.to_vec(), None);
         }
-        match omb_shared::pgp::decrypt_message(&self.keys.openpgp, stored) {
-            Ok(plain) => plain,
+        match omb_shared::pgp::decrypt_message_with(&self.keys.openpgp, stored, known) {
+            Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, "a stored message does not decrypt; handing it over as stored");
-                stored.to_vec()
+                (stored.to_vec(), None)
             }
         }
     }

@@ -3,10 +3,11 @@
 //! from the message as apps see it and kept in the store's encrypted cache.
 
 use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders, PartType};
+use omb_shared::pgp::MessageKey;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the layout changes: older cache entries are made again.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Nesting deeper than this is shown as an opaque part.
 const MAX_DEPTH: usize = 16;
 
@@ -23,6 +24,12 @@ pub struct Meta {
     /// header searches need no decryption.
     #[serde(with = "bytes")]
     pub header: Vec<u8>,
+    /// The message's OpenPGP session key (`MessageKey::to_bytes`; empty when
+    /// apps get the stored form): reading it again skips the public-key step.
+    /// No more secret than the message and its headers next to it in this
+    /// encrypted cache.
+    #[serde(with = "bytes")]
+    pub key: Vec<u8>,
 }
 
 /// ENVELOPE fields, raw (RFC 2047 words left encoded, as RFC 3501 asks).
@@ -152,9 +159,52 @@ mod opt_bytes {
     }
 }
 
+/// The short part of [`Meta`] that a message list reads (ENVELOPE and
+/// RFC822.SIZE), cached apart: written from a borrowed envelope, read into
+/// an owned one (the same postcard layout).
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    version: u8,
+    ciphertext: bool,
+    size: u32,
+    envelope: &'a Env,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeOwned {
+    version: u8,
+    ciphertext: bool,
+    size: u32,
+    envelope: Env,
+}
+
 impl Meta {
     pub fn to_bytes(&self) -> Vec<u8> {
         postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// The envelope part (see [`Meta::from_envelope_bytes`]).
+    pub fn envelope_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&EnvelopeRef {
+            version: self.version,
+            ciphertext: self.ciphertext,
+            size: self.size,
+            envelope: &self.envelope,
+        })
+        .unwrap_or_default()
+    }
+
+    /// A `Meta` with only its size and envelope (no structure, no header
+    /// block, no key), for items that need no more; None as for `from_bytes`.
+    pub fn from_envelope_bytes(bytes: &[u8], ciphertext: bool) -> Option<Meta> {
+        let e: EnvelopeOwned = postcard::from_bytes(bytes).ok()?;
+        (e.version == VERSION && e.ciphertext == ciphertext).then(|| Meta {
+            version: e.version,
+            ciphertext: e.ciphertext,
+            size: e.size,
+            envelope: e.envelope,
+            ..Meta::default()
+        })
     }
 
     /// None for a cache entry of another layout or view (then it is made again).
@@ -163,12 +213,14 @@ impl Meta {
         (meta.version == VERSION && meta.ciphertext == ciphertext).then_some(meta)
     }
 
-    /// Analyses a message as apps see it.
-    pub fn build(message: &[u8], ciphertext: bool) -> Meta {
+    /// Analyses a message as apps see it; `key` is the session key it was
+    /// decrypted with.
+    pub fn build(message: &[u8], ciphertext: bool, key: Option<&MessageKey>) -> Meta {
         let (envelope, tree) = analyse(message, 0, 0);
         Meta {
             version: VERSION,
             ciphertext,
+            key: key.map(MessageKey::to_bytes).unwrap_or_default(),
             size: message.len().min(u32::MAX as usize) as u32,
             header: message[..(tree.header.1 as usize).min(message.len())].to_vec(),
             envelope,
@@ -435,7 +487,7 @@ mod tests {
 
     #[test]
     fn structure_and_envelope() {
-        let m = Meta::build(MIXED, false);
+        let m = Meta::build(MIXED, false, None);
         assert_eq!(m.size as usize, MIXED.len());
         assert_eq!(m.envelope.subject.as_deref(), Some(&b"=?utf-8?q?hi?="[..]));
         assert_eq!(
@@ -471,6 +523,9 @@ mod tests {
         );
         let again = Meta::from_bytes(&m.to_bytes(), false).unwrap();
         assert_eq!(again, m);
+        let short = Meta::from_envelope_bytes(&m.envelope_bytes(), false).unwrap();
+        assert_eq!((short.size, &short.envelope), (m.size, &m.envelope));
+        assert!(Meta::from_envelope_bytes(&m.envelope_bytes(), true).is_none());
         assert!(Meta::from_bytes(&m.to_bytes(), true).is_none());
     }
 }

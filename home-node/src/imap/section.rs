@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn sections() {
-        let m = Meta::build(MSG, false);
+        let m = Meta::build(MSG, false, None);
         let t = &m.tree;
         let part = |p: Vec<u32>| {
             PartPath(Vec1::try_from(p.into_iter().map(n).collect::<Vec<_>>()).unwrap())

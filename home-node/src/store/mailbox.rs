@@ -117,6 +117,17 @@ impl MailStore {
         rows.iter().map(info).collect()
     }
 
+    /// A number that moves whenever a message is added to any folder (the
+    /// sum of their UIDNEXT), and not when flags change.
+    pub async fn uid_mark(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT COALESCE(SUM(uidnext), 0) FROM mailboxes")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
     pub async fn counts(&self, mailbox_id: i64) -> Result<MailboxCounts, StoreError> {
         let r = sqlx::query(
             "SELECT COUNT(*), \

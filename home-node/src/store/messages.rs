@@ -188,9 +188,9 @@ impl MailStore {
         size: i64,
         data: &[u8],
         flags: &str,
-        meta: Option<&[u8]>,
+        meta: Option<&super::MetaBytes<'_>>,
     ) -> Result<(u32, u32), StoreError> {
-        let sealed = meta.and_then(|m| self.seal_meta(m));
+        let sealed = meta.and_then(|m| self.seal_metas(m));
         let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let (uid, uidvalidity) = next_uid(&mut tx, mailbox_id).await?;
         let modseq = bump(&mut tx, mailbox_id).await?;
@@ -204,13 +204,21 @@ impl MailStore {
             .bind(data)
             .execute(&mut *tx)
             .await?;
-        if let Some(sealed) = sealed {
+        if let Some((sealed, envelope)) = sealed {
             sqlx::query("INSERT INTO message_meta (mailbox_id, uid, meta) VALUES (?1, ?2, ?3)")
                 .bind(mailbox_id)
                 .bind(i64::from(uid))
                 .bind(sealed)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(
+                "INSERT INTO message_envelope (mailbox_id, uid, envelope) VALUES (?1, ?2, ?3)",
+            )
+            .bind(mailbox_id)
+            .bind(i64::from(uid))
+            .bind(envelope)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         self.notify(mailbox_id);
@@ -219,6 +227,14 @@ impl MailStore {
 
     /// Changes the flags of the given messages. With `unchanged_since`
     /// (CONDSTORE), messages changed after it are left alone and reported.
+    ///
+    /// Flag changes are committed with `synchronous = NORMAL`: in WAL mode the
+    /// database stays consistent, and the change is on disk at the next
+    /// checkpoint or the next durable commit (a delivery, an APPEND, an
+    /// expunge), instead of costing an fsync each. A power cut can lose the
+    /// flags of the last moments, never a message, as with Dovecot, which does
+    /// not fsync its index either. Opening a message (BODY[] sets `\Seen`)
+    /// by ten apps at once was bound by those fsyncs.
     pub async fn set_flags(
         &self,
         mailbox_id: i64,
@@ -227,8 +243,29 @@ impl MailStore {
         flags: &[String],
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
+        let mut conn = self.relaxed().await?;
+        let out = self
+            .set_flags_on(&mut conn, mailbox_id, uids, op, flags, unchanged_since)
+            .await;
+        super::durable_again(conn).await;
+        let out = out?;
+        if !out.changed.is_empty() {
+            self.notify(mailbox_id);
+        }
+        Ok(out)
+    }
+
+    async fn set_flags_on(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        mailbox_id: i64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate, StoreError> {
         let mut out = FlagUpdate::default();
-        let mut tx = self.pool.begin_with(WRITE_TX).await?;
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, WRITE_TX).await?;
         let mut modseq = None;
         for chunk in uids.chunks(500) {
             let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
@@ -275,9 +312,6 @@ impl MailStore {
             }
         }
         tx.commit().await?;
-        if modseq.is_some() {
-            self.notify(mailbox_id);
-        }
         Ok(out)
     }
 
@@ -384,13 +418,18 @@ impl MailStore {
                     .bind(dst_modseq)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT INTO message_meta (mailbox_id, uid, meta) SELECT ?3, ?4, meta FROM message_meta WHERE mailbox_id = ?1 AND uid = ?2")
-                    .bind(from)
-                    .bind(i64::from(uid))
-                    .bind(to)
-                    .bind(i64::from(new_uid))
-                    .execute(&mut *tx)
-                    .await?;
+                for sql in [
+                    "INSERT INTO message_meta (mailbox_id, uid, meta) SELECT ?3, ?4, meta FROM message_meta WHERE mailbox_id = ?1 AND uid = ?2",
+                    "INSERT INTO message_envelope (mailbox_id, uid, envelope) SELECT ?3, ?4, envelope FROM message_envelope WHERE mailbox_id = ?1 AND uid = ?2",
+                ] {
+                    sqlx::query(sql)
+                        .bind(from)
+                        .bind(i64::from(uid))
+                        .bind(to)
+                        .bind(i64::from(new_uid))
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             pairs.push((uid, new_uid));
         }
@@ -501,7 +540,17 @@ mod tests {
             .unwrap();
         assert_eq!((u1, v), (1, inbox.uidvalidity));
         let (u2, _) = store
-            .append(inbox.id, 2, 3, b"two", "\\Seen", Some(b"m"))
+            .append(
+                inbox.id,
+                2,
+                3,
+                b"two",
+                "\\Seen",
+                Some(&super::super::MetaBytes {
+                    meta: b"m",
+                    envelope: b"e",
+                }),
+            )
             .await
             .unwrap();
         assert_eq!(store.counts(inbox.id).await.unwrap().unseen, 1);
@@ -528,6 +577,10 @@ mod tests {
         assert_eq!(
             store.metas(trash.id, &[1]).await.unwrap(),
             vec![(1, Some(b"m".to_vec()))]
+        );
+        assert_eq!(
+            store.envelopes(trash.id, &[1]).await.unwrap(),
+            vec![(1, Some(b"e".to_vec()))]
         );
         let (changed, gone) = store.changes_since(inbox.id, before).await.unwrap();
         assert_eq!((changed.len(), gone.len()), (1, 0));

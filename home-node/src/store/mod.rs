@@ -1,6 +1,7 @@
 //! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
+mod listing;
 pub mod mailbox;
 mod messages;
 mod meta;
@@ -8,9 +9,11 @@ pub mod pop3;
 
 pub use mailbox::MailboxInfo;
 pub use messages::{FlagOp, FlagUpdate, MsgRow};
+pub use meta::MetaBytes;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -87,6 +90,9 @@ pub struct MailStore {
     pool: SqlitePool,
     meta_key: std::sync::Arc<meta::MetaKey>,
     changes: tokio::sync::broadcast::Sender<Change>,
+    listings: std::sync::Arc<listing::Listings>,
+    /// Counts the changes announced so far (see [`MailStore::generation`]).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MailStore {
@@ -101,7 +107,12 @@ impl MailStore {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
-        .busy_timeout(std::time::Duration::from_secs(10));
+        .busy_timeout(std::time::Duration::from_secs(10))
+        // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the
+        // node's memory target is 50 MiB on a Pi, the hot data (folder
+        // listings) is held by the store itself, and the kernel caches the
+        // file anyway.
+        .pragma("cache_size", "-1024");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -113,6 +124,8 @@ impl MailStore {
             pool,
             meta_key,
             changes,
+            listings: Default::default(),
+            generation: Default::default(),
         };
         store.create_default_mailboxes().await?;
         Ok(store)
@@ -155,7 +168,18 @@ impl MailStore {
         self.changes.subscribe()
     }
 
+    /// A number that grows with every change committed to any folder (this
+    /// process is the store's only writer). A session that saw it before
+    /// looking at a folder knows, while it has not moved, that nothing changed
+    /// there, without asking the database.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Announces a committed change (call after the commit).
     pub(crate) fn notify(&self, mailbox_id: i64) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // No receiver is fine: nobody is looking.
         let _ = self.changes.send(Change { mailbox_id });
     }
@@ -219,6 +243,19 @@ impl MailStore {
         Ok(out)
     }
 
+    /// A connection whose commits skip the fsync (`synchronous = NORMAL`;
+    /// WAL keeps the database consistent, and the change is durable at the
+    /// next checkpoint or durable commit), for what may be lost in a power
+    /// cut: flags and the metadata cache, never a message. Hand it back with
+    /// [`durable_again`].
+    pub(crate) async fn relaxed(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        Ok(conn)
+    }
+
     async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT id FROM mailboxes WHERE name = ?1")
             .bind(name)
@@ -273,6 +310,17 @@ impl MailStore {
                 .await?
                 .try_get(0)?,
         )
+    }
+}
+
+/// Makes a connection from [`MailStore::relaxed`] durable again before the
+/// pool hands it to a delivery (or closes it when that fails).
+pub(crate) async fn durable_again(mut conn: PoolConnection<Sqlite>) {
+    let restored = sqlx::query("PRAGMA synchronous = FULL")
+        .execute(&mut *conn)
+        .await;
+    if restored.is_err() {
+        conn.close_on_drop();
     }
 }
 

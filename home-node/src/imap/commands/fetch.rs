@@ -5,6 +5,7 @@
 
 use super::mailboxes::Reply;
 use super::{code, Flow, Handler, No};
+use crate::imap::cache::{keep, render};
 use crate::imap::convert::{body_structure, envelope, flags as fetch_flags, has_flag};
 use crate::imap::mime::Meta;
 use crate::imap::section;
@@ -19,6 +20,7 @@ use imap_codec::imap_types::fetch::{
 };
 use imap_codec::imap_types::response::{Data, Response};
 use imap_codec::imap_types::sequence::SequenceSet;
+use omb_shared::pgp::MessageKey;
 use std::borrow::Cow;
 use std::num::{NonZeroU32, NonZeroU64};
 
@@ -44,6 +46,14 @@ fn needs_meta(item: &MessageDataItemName) -> bool {
             | MessageDataItemName::Uid
             | MessageDataItemName::InternalDate
             | MessageDataItemName::ModSeq
+    )
+}
+
+/// Items the cached envelope answers (size and envelope only).
+fn envelope_only(item: &MessageDataItemName) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::Envelope | MessageDataItemName::Rfc822Size
     )
 }
 
@@ -221,7 +231,7 @@ impl Handler {
                     for row in update.changed {
                         if let Ok(i) = sel.msgs.binary_search_by_key(&row.uid, |m| m.uid) {
                             seen_now.push(row.uid);
-                            sel.msgs[i] = row;
+                            std::sync::Arc::make_mut(&mut sel.msgs)[i] = row;
                         }
                     }
                 }
@@ -290,10 +300,21 @@ impl Handler {
         let want_meta = job.items.iter().any(needs_meta);
         let want_body = job.items.iter().any(|i| needs_body(i) && !header_only(i));
         let mut metas: Vec<Option<Meta>> = vec![None; uids.len()];
-        if want_meta {
-            for (uid, bytes) in self.ctx.store.metas(mailbox_id, uids).await? {
+        // A body is read with its metadata, one message at a time; a message
+        // list (ENVELOPE, RFC822.SIZE) reads only the cached envelopes.
+        if want_meta && !want_body {
+            let short = job.items.iter().all(|i| !needs_meta(i) || envelope_only(i));
+            let cached = if short {
+                self.ctx.store.envelopes(mailbox_id, uids).await?
+            } else {
+                self.ctx.store.metas(mailbox_id, uids).await?
+            };
+            for (uid, bytes) in cached {
                 if let Ok(i) = uids.binary_search(&uid) {
-                    metas[i] = bytes.and_then(|b| Meta::from_bytes(&b, ciphertext));
+                    metas[i] = bytes.and_then(|b| match short {
+                        true => Meta::from_envelope_bytes(&b, ciphertext),
+                        false => Meta::from_bytes(&b, ciphertext),
+                    });
                 }
             }
         }
@@ -307,32 +328,40 @@ impl Handler {
             let row = sel.msgs[idx].clone();
             let mut body: Option<Vec<u8>> = None;
             if want_body || (want_meta && metas[i].is_none()) {
-                let Some(stored) = self.ctx.store.data(mailbox_id, uid).await? else {
+                let Some((stored, cached)) = self.ctx.store.message(mailbox_id, uid).await? else {
                     // Expunged by another session: RFC 2180 4.1.2 allows NO; we skip it.
                     continue;
                 };
-                let view = self.ctx.view.clone();
-                let need_meta = want_meta && metas[i].is_none();
-                let done = self
-                    .ctx
-                    .view
-                    .blocking(move || {
-                        let rendered = view.render(&stored);
-                        let meta = need_meta.then(|| Meta::build(&rendered, ciphertext));
-                        (rendered, meta)
-                    })
-                    .await;
-                let Some((rendered, meta)) = done else {
-                    continue;
-                };
-                if let Some(meta) = meta {
-                    self.ctx
-                        .store
-                        .set_meta(mailbox_id, uid, &meta.to_bytes())
-                        .await?;
-                    metas[i] = Some(meta);
+                if metas[i].is_none() {
+                    metas[i] = cached.and_then(|b| Meta::from_bytes(&b, ciphertext));
+                    if let (false, Some(meta)) = (want_body, metas[i].as_ref()) {
+                        // Cached, but not its envelope apart: now it is.
+                        keep(&self.ctx.store, mailbox_id, uid, meta).await?;
+                    }
                 }
-                body = Some(rendered);
+                let need_meta = metas[i].is_none();
+                // Without a body item, the metadata alone answers.
+                if want_body || need_meta {
+                    let known = metas[i]
+                        .as_ref()
+                        .and_then(|m| MessageKey::from_bytes(&m.key));
+                    let view = self.ctx.view.clone();
+                    let done = self
+                        .ctx
+                        .view
+                        .blocking(move || {
+                            render(&view, &stored, known.as_ref(), need_meta, ciphertext)
+                        })
+                        .await;
+                    let Some((rendered, meta)) = done else {
+                        continue;
+                    };
+                    if let Some(meta) = meta {
+                        keep(&self.ctx.store, mailbox_id, uid, &meta).await?;
+                        metas[i] = Some(meta);
+                    }
+                    body = Some(rendered);
+                }
             }
             let meta = metas[i].as_ref();
             let mut out: Vec<MessageDataItem<'static>> = Vec::with_capacity(job.items.len() + 1);

@@ -330,15 +330,15 @@ impl Handler {
                 let sealed = view.seal(&data).ok()?;
                 let ciphertext = view.ciphertext_to_apps();
                 let meta = if ciphertext {
-                    Meta::build(&sealed, true)
+                    Meta::build(&sealed, true, None)
                 } else {
-                    Meta::build(&data, false)
+                    Meta::build(&data, false, None)
                 };
-                Some((sealed, meta.to_bytes()))
+                Some((sealed, meta.to_bytes(), meta.envelope_bytes()))
             })
             .await
             .flatten();
-        let Some((sealed, meta)) = sealed else {
+        let Some((sealed, meta, envelope)) = sealed else {
             return Err((
                 No,
                 code("SERVERBUG"),
@@ -350,7 +350,17 @@ impl Handler {
         let (uid, uidvalidity) = self
             .ctx
             .store
-            .append(mb.id, internaldate, size, &sealed, &flags, Some(&meta))
+            .append(
+                mb.id,
+                internaldate,
+                size,
+                &sealed,
+                &flags,
+                Some(&crate::store::MetaBytes {
+                    meta: &meta,
+                    envelope: &envelope,
+                }),
+            )
             .await
             .map_err(|e| store_failure(&e))?;
         Ok(match (NonZeroU32::new(uidvalidity), NonZeroU32::new(uid)) {

@@ -54,7 +54,7 @@ impl Handler {
         };
         for row in &update.changed {
             if let Some(i) = sel.index_of(row.uid) {
-                sel.msgs[i] = row.clone();
+                std::sync::Arc::make_mut(&mut sel.msgs)[i] = row.clone();
             }
         }
         for &i in &indexes {

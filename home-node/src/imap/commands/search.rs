@@ -5,6 +5,7 @@
 
 use super::mailboxes::Reply;
 use super::{code, store_failure, Bad, Handler, No};
+use crate::imap::cache::{keep, render};
 use crate::imap::convert::has_flag;
 use crate::imap::mime::Meta;
 use crate::imap::section::fields;
@@ -13,6 +14,7 @@ use imap_codec::imap_types::core::{Charset, Vec1};
 use imap_codec::imap_types::response::{Code, Data, Response};
 use imap_codec::imap_types::search::SearchKey;
 use mail_parser::{HeaderValue, MessageParser, PartType};
+use omb_shared::pgp::MessageKey;
 use std::num::{NonZeroU32, NonZeroU64};
 
 /// What a message offers to the search.
@@ -276,20 +278,21 @@ impl Handler {
                     };
                     let view = self.ctx.view.clone();
                     let need_meta = metas[i].is_none();
+                    let known = metas[i]
+                        .as_ref()
+                        .and_then(|m| MessageKey::from_bytes(&m.key));
                     let Some((rendered, meta)) = self
                         .ctx
                         .view
                         .blocking(move || {
-                            let r = view.render(&stored);
-                            let m = need_meta.then(|| Meta::build(&r, ciphertext));
-                            (r, m)
+                            render(&view, &stored, known.as_ref(), need_meta, ciphertext)
                         })
                         .await
                     else {
                         return Err((No, code("SERVERBUG"), "search failed".into()));
                     };
                     if let Some(meta) = meta {
-                        let _ = self.ctx.store.set_meta(id, row.uid, &meta.to_bytes()).await;
+                        let _ = keep(&self.ctx.store, id, row.uid, &meta).await;
                         metas[i] = Some(meta);
                     }
                     body = Some(rendered);

@@ -16,14 +16,19 @@ use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Code, Data, Response};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::Arc;
 
 pub struct Selected {
     pub mailbox: MailboxInfo,
     pub read_only: bool,
-    /// The client's view: message `n` is `msgs[n - 1]`.
-    pub msgs: Vec<MsgRow>,
+    /// The client's view: message `n` is `msgs[n - 1]`. Shared with the
+    /// store's listing until this session's view changes.
+    pub msgs: Arc<Vec<MsgRow>>,
     /// The folder's HIGHESTMODSEQ as this session last saw it.
     pub modseq: u64,
+    /// The store's change generation before this session last looked: while
+    /// it stays the same, there is nothing to tell the client.
+    pub generation: u64,
 }
 
 impl Selected {
@@ -161,11 +166,12 @@ impl Handler {
             // RFC 7162 3.2.5: only after ENABLE QRESYNC.
             return Err((Bad, None, "ENABLE QRESYNC first".into()));
         }
+        let generation = self.ctx.store.generation();
         let mb = self.existing(&name).await?;
         let msgs = self
             .ctx
             .store
-            .snapshot(mb.id)
+            .listing(&mb)
             .await
             .map_err(|e| store_failure(&e))?;
         // HIGHESTMODSEQ was read before the snapshot: changes in between come
@@ -211,6 +217,7 @@ impl Handler {
             read_only,
             msgs,
             modseq,
+            generation,
         });
         s.set_state(State::Selected);
         if let Some((validity, since, known)) = qresync {
@@ -228,13 +235,18 @@ impl Handler {
     /// Tells the client what changed in the selected folder since it last
     /// looked: EXPUNGE (when `expunge_ok`), FETCH FLAGS, EXISTS.
     pub(super) async fn sync(&mut self, s: &mut Session, expunge_ok: bool) {
-        let Some(sel) = self.selected.as_ref() else {
+        let Some(sel) = self.selected.as_mut() else {
             return;
         };
+        let generation = self.ctx.store.generation();
+        if generation == sel.generation {
+            return;
+        }
         let Ok(Some(mb)) = self.ctx.store.mailbox_by_id(sel.mailbox.id).await else {
             return;
         };
         if mb.highestmodseq <= sel.modseq {
+            sel.generation = generation;
             return;
         }
         let Ok((changed, gone)) = self
@@ -261,8 +273,9 @@ impl Handler {
         let last_uid = sel.msgs.last().map_or(0, |m| m.uid);
         for row in changed {
             match sel.index_of(row.uid) {
+                Some(i) if sel.msgs[i] == row => {}
                 Some(i) => {
-                    let old = &mut sel.msgs[i];
+                    let old = &mut Arc::make_mut(&mut sel.msgs)[i];
                     let flags_differ = old.flags != row.flags;
                     *old = row.clone();
                     if flags_differ {
@@ -279,7 +292,7 @@ impl Handler {
                         }
                     }
                 }
-                None if row.uid > last_uid => sel.msgs.push(row),
+                None if row.uid > last_uid => Arc::make_mut(&mut sel.msgs).push(row),
                 None => {}
             }
         }
@@ -288,6 +301,7 @@ impl Handler {
         }
         if !held_back {
             sel.modseq = mb.highestmodseq;
+            sel.generation = generation;
         }
     }
 
@@ -438,7 +452,7 @@ impl Handler {
         if self.qresync {
             // RFC 7162 3.2.10: VANISHED (by UID) instead of EXPUNGE.
             if let Some(sel) = self.selected.as_mut() {
-                sel.msgs.retain(|m| !uids.contains(&m.uid));
+                Arc::make_mut(&mut sel.msgs).retain(|m| !uids.contains(&m.uid));
             }
             if let Some(known_uids) = sequence_set(uids.iter().copied()) {
                 s.send(&Response::Data(Data::Vanished {
@@ -453,7 +467,7 @@ impl Handler {
         };
         for uid in uids {
             if let Some(i) = sel.index_of(*uid) {
-                sel.msgs.remove(i);
+                Arc::make_mut(&mut sel.msgs).remove(i);
                 if let Some(n) = NonZeroU32::new(i as u32 + 1) {
                     s.send(&Response::Data(Data::Expunge(n)));
                 }
