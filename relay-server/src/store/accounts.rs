@@ -78,22 +78,22 @@ impl Store {
         quota_bytes: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1")
-            .bind(handle)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::AccountExists(handle.to_string()));
-        }
-        sqlx::query(
-            "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4)",
+        // Written first, so that on SQLite it waits for the lock (see
+        // `create_account_checked`).
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (handle) DO NOTHING",
         )
         .bind(handle)
         .bind(quota_bytes)
         .bind(now())
         .bind(crate::accounts::handle::skeleton(handle))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(StoreError::AccountExists(handle.to_string()));
+        }
         sqlx::query("INSERT INTO addresses (address, handle) VALUES ($1, $2)")
             .bind(format!("{handle}@{domain}").to_lowercase())
             .bind(handle)

@@ -48,18 +48,32 @@ impl Store {
         allow_look_alike: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT handle FROM accounts WHERE handle = $1")
-            .bind(handle.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
+        // The insert comes first: on SQLite a transaction that read before
+        // writing fails at once ("database is locked") when another signup
+        // wrote meanwhile; one that starts by writing waits for the lock, and
+        // then holds it through the look-alike check.
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (handle) DO NOTHING",
+        )
+        .bind(handle.as_str())
+        .bind(quota_bytes)
+        .bind(now())
+        .bind(handle.skeleton())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
             return Err(StoreError::AccountExists(handle.to_string()));
         }
         if !allow_look_alike {
-            let similar = sqlx::query("SELECT handle FROM accounts WHERE skeleton = $1 LIMIT 1")
-                .bind(handle.skeleton())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let similar = sqlx::query(
+                "SELECT handle FROM accounts WHERE skeleton = $1 AND handle <> $2 LIMIT 1",
+            )
+            .bind(handle.skeleton())
+            .bind(handle.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(row) = similar {
                 return Err(StoreError::LookAlike {
                     handle: handle.to_string(),
@@ -67,15 +81,6 @@ impl Store {
                 });
             }
         }
-        sqlx::query(
-            "INSERT INTO accounts (handle, quota_bytes, created_at, skeleton) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(handle.as_str())
-        .bind(quota_bytes)
-        .bind(now())
-        .bind(handle.skeleton())
-        .execute(&mut *tx)
-        .await?;
         sqlx::query("INSERT INTO addresses (address, handle) VALUES ($1, $2)")
             .bind(format!("{handle}@{domain}").to_lowercase())
             .bind(handle.as_str())
