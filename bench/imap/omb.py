@@ -70,6 +70,34 @@ def imap_greets(addr):
         return False
 
 
+def link_once(sandbox_bin, d, env, keep_running=False):
+    """Runs `omb-sandbox --nodes alice` in folder `d` until it has linked and keyed the
+    node, and returns its manifest (sandbox.json). The sandbox is stopped, unless
+    `keep_running`: then the manifest's "_process" is it, for the caller to stop."""
+    log("omb: linking a node with omb-sandbox --nodes alice ...")
+    sb_log = open(os.path.join(d, "sandbox.log"), "wb")
+    sb = subprocess.Popen([sandbox_bin, "--dir", d, "--nodes", "alice"], stdout=subprocess.DEVNULL,
+                          stderr=sb_log, env=env, start_new_session=True)
+    manifest = os.path.join(d, "sandbox.json")
+    try:
+        deadline = now() + 120
+        while not os.path.exists(manifest):
+            if sb.poll() is not None or now() > deadline:
+                raise RuntimeError(f"omb-sandbox did not start; see {sb_log.name}")
+            time.sleep(0.1)
+        time.sleep(0.2)
+        with open(manifest) as f:
+            m = json.load(f)
+    except BaseException:
+        stop_proc(sb)
+        raise
+    if keep_running:
+        m["_process"] = sb
+    else:
+        stop_proc(sb)
+    return m
+
+
 class Omb:
     def __init__(self, run_dir, args):
         self.args = args
@@ -79,20 +107,9 @@ class Omb:
         self.env = dict(os.environ, OMB_LOG=args.omb_log, RUST_LIB_BACKTRACE="0")
 
         # 1. The sandbox links and keys alice once; then it is stopped.
-        log("omb: linking a node with omb-sandbox --nodes alice ...")
-        sb_log = open(os.path.join(d, "sandbox.log"), "wb")
-        sb = subprocess.Popen([args.sandbox_bin, "--dir", d, "--nodes", "alice"], stdout=subprocess.DEVNULL,
-                              stderr=sb_log, env=self.env, start_new_session=True)
-        manifest = os.path.join(d, "sandbox.json")
+        self.manifest = link_once(args.sandbox_bin, d, self.env, keep_running=True)
+        sb = self.manifest.pop("_process")
         try:
-            deadline = now() + 120
-            while not os.path.exists(manifest):
-                if sb.poll() is not None or now() > deadline:
-                    raise RuntimeError(f"omb-sandbox did not start; see {sb_log.name}")
-                time.sleep(0.1)
-            time.sleep(0.2)
-            with open(manifest) as f:
-                self.manifest = json.load(f)
             node = self.manifest["nodes"][0]
             # The manifest names the node's IMAP port as soon as the node has the config
             # for it; whether an IMAP server answers there is another matter.

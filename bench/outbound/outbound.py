@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "imap"))
 sys.path.insert(0, os.path.join(HERE, "..", "inbound"))
 
 from procs import free_port, log, now, proc_cpu, stop_proc, wait_port  # noqa: E402
-from omb import toml_set  # noqa: E402
+from omb import link_once, toml_set  # noqa: E402
 from inbound import pids_with_env, start_postfix, stop_postfix  # noqa: E402
 
 SINK_DOMAIN = "sink.test"
@@ -149,22 +149,7 @@ class Omb:
         self.dir, self.args = d, args
         self.env = dict(os.environ, OMB_LOG=args.omb_log, RUST_LIB_BACKTRACE="0")
         self.relay = self.node = None
-        log("omb: linking a node with omb-sandbox --nodes alice ...")
-        sb = subprocess.Popen([args.sandbox_bin, "--dir", d, "--nodes", "alice"], stdout=subprocess.DEVNULL,
-                              stderr=open(os.path.join(d, "sandbox.log"), "wb"), env=self.env,
-                              start_new_session=True)
-        manifest = os.path.join(d, "sandbox.json")
-        try:
-            deadline = now() + 120
-            while not os.path.exists(manifest):
-                if sb.poll() is not None or now() > deadline:
-                    raise RuntimeError(f"omb-sandbox did not start; see {d}/sandbox.log")
-                time.sleep(0.1)
-            time.sleep(0.5)
-            with open(manifest) as f:
-                m = json.load(f)
-        finally:
-            stop_proc(sb)
+        m = link_once(args.sandbox_bin, d, self.env)
         node = m["nodes"][0]
         self.address, self.password = node["address"], node["password"]
         self.smtp, tunnel, dns, self.submission = free_port(), free_port(), free_port(), free_port()

@@ -196,6 +196,21 @@ pub fn node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, Acces
     (node, access)
 }
 
+/// [`node_with_access`], started, once its tunnel to `relay` is up.
+pub fn started_node_with_access(dir: &Path, relay: &Relay, handle: &str) -> (Node, Access) {
+    let (mut node, access) = node_with_access(dir, relay, handle);
+    node.start();
+    node.wait_tunnel_ups(1, std::time::Duration::from_secs(60));
+    (node, access)
+}
+
+/// Submits one message from `from` (envelope and header, logged in as `from`) and
+/// asserts that the node queued it.
+pub fn send_ok(submission: SocketAddr, from: &str, to: &[&str], subject: &str) {
+    let reply = send(submission, from, from, from, to, subject);
+    assert!(reply.starts_with("250"), "{subject}: {reply}");
+}
+
 /// Submits one message with smtplib on `submission` (STARTTLS, then AUTH); the
 /// server's final answer as "CODE TEXT".
 pub fn send(

@@ -11,7 +11,7 @@ use omb_tests::harness::{
 };
 use omb_tests::http::{request, Response};
 use omb_tests::knot::Knot;
-use omb_tests::sending::{client, node_with_access, send, Postfix};
+use omb_tests::sending::{client, send, started_node_with_access, Postfix};
 use omb_tests::unbound::Unbound;
 use serde_json::{json, Value};
 
@@ -322,9 +322,7 @@ fn mail_from_a_custom_domain_passes_dkim_spf_and_dmarc() {
     );
     relay.use_resolver(unbound.addr);
     relay.start();
-    let (mut alice, access) = node_with_access(dir.path(), &relay, "alice");
-    alice.start();
-    alice.wait_tunnel_ups(1, Duration::from_secs(60));
+    let (alice, access) = started_node_with_access(dir.path(), &relay, "alice");
     let postfix = Postfix::new(dir.path(), postfix_port, &["dest.test"], None);
     postfix.postfix("start");
 

@@ -16,7 +16,7 @@
 use omb_tests::harness::{free_port, have_tool, is_root, spawn_logged, wait_until, TestDir};
 use omb_tests::knot::Knot;
 use omb_tests::sandbox::TestCa;
-use omb_tests::sending::{node_with_access, send, Postfix};
+use omb_tests::sending::{send_ok, started_node_with_access, Postfix};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -131,15 +131,9 @@ fn mta_sts_policies_are_enforced_on_outbound_delivery() {
     );
     let mut relay = omb_tests::harness::Relay::new(dir.path(), "sqlite", &extra);
     relay.start();
-    let (mut alice, access) = node_with_access(dir.path(), &relay, "alice");
-    let submission = access.submission;
-    alice.start();
-    alice.wait_tunnel_ups(1, Duration::from_secs(60));
-    let a = "alice@sandbox.test";
-    let submit = |to: &str, subject: &str| {
-        let reply = send(submission, a, a, a, &[to], subject);
-        assert!(reply.starts_with("250"), "{subject}: {reply}");
-    };
+    let (alice, access) = started_node_with_access(dir.path(), &relay, "alice");
+    let submit =
+        |to: &str, subject: &str| send_ok(access.submission, "alice@sandbox.test", &[to], subject);
 
     // (1) enforce, the MX in the policy, a valid certificate: delivered.
     submit("bob@good.example.org", "enforced and valid");
