@@ -186,7 +186,7 @@ impl Outbound {
                 ))
             }
         };
-        if !self.owns(handle, &from).await? {
+        if !from.eq_ignore_ascii_case(&s.mail_from) && !self.owns(handle, &from).await? {
             return Err(permanent(
                 "5.7.1 The From address is not an address of this account",
             ));
@@ -199,12 +199,9 @@ impl Outbound {
     /// The account's rate and daily cap (lower while it is new).
     async fn limits(&self, handle: &str) -> Result<(), SubmitOutcome> {
         let now = crate::store::now();
-        let (today, created) = match (
-            self.store.outbound_today(handle).await,
-            self.store.account_created_at(handle).await,
-        ) {
-            (Ok(t), Ok(c)) => (t, c.unwrap_or(now)),
-            (Err(e), _) | (_, Err(e)) => {
+        let (created, today) = match self.store.outbound_standing(handle).await {
+            Ok(standing) => standing.unwrap_or((now, 0)),
+            Err(e) => {
                 warn!(error = %e, "cannot read the account's sending counts");
                 return Err(temporary("4.3.0 Temporary failure, try again later"));
             }

@@ -22,6 +22,15 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Recipients claimed per look at the queue.
 const BATCH: i64 = 500;
 
+/// Deliveries recorded at most before they are committed: a relay that dies
+/// before the commit sends these again once their lease is over (at-least-
+/// once, like every MTA).
+const FLUSH_EVERY: usize = 64;
+
+/// Deliveries recorded and not yet committed: `(queue id, recipient)`.
+#[derive(Default)]
+struct Done(Vec<(String, String)>);
+
 /// Hosts by name (for TLS) and address.
 type Hosts = Vec<(String, SocketAddr)>;
 
@@ -73,22 +82,42 @@ impl Outbound {
     }
 
     async fn deliver_domain(&self, domain: &str, rcpts: Vec<DueRcpt>) {
-        // Hosted recipients never leave the relay.
-        let mut remote = Vec::new();
-        for r in rcpts {
-            match self.store.route(&r.rcpt, &self.relay_domain, None).await {
-                Ok(Some(hosted)) => {
-                    let outcome = self.deliver_local(&r, &hosted.handle).await;
-                    self.record(&r, outcome, None).await;
+        let mut done = Done::default();
+        self.deliver_domain_to(domain, rcpts, &mut done).await;
+        self.flush(&mut done).await;
+    }
+
+    async fn deliver_domain_to(&self, domain: &str, rcpts: Vec<DueRcpt>, done: &mut Done) {
+        // Hosted recipients never leave the relay. Only the relay's own
+        // names and verified custom domains can have any.
+        let remote = match self.may_be_hosted(domain).await {
+            Ok(false) => rcpts,
+            Ok(true) => {
+                let mut remote = Vec::new();
+                for r in rcpts {
+                    match self.store.route(&r.rcpt, &self.relay_domain, None).await {
+                        Ok(Some(hosted)) => {
+                            let outcome = self.deliver_local(&r, &hosted.handle).await;
+                            self.record(&r, outcome, None, done).await;
+                        }
+                        Ok(None) => remote.push(r),
+                        Err(e) => {
+                            let outcome =
+                                Outcome::Temporary(format!("4.3.0 recipient look-up failed: {e}"));
+                            self.record(&r, outcome, None, done).await;
+                        }
+                    }
                 }
-                Ok(None) => remote.push(r),
-                Err(e) => {
-                    let outcome =
-                        Outcome::Temporary(format!("4.3.0 recipient look-up failed: {e}"));
-                    self.record(&r, outcome, None).await;
-                }
+                remote
             }
-        }
+            Err(e) => {
+                let outcome = Outcome::Temporary(format!("4.3.0 recipient look-up failed: {e}"));
+                for r in &rcpts {
+                    self.record(r, outcome.clone(), None, done).await;
+                }
+                return;
+            }
+        };
         if remote.is_empty() {
             return;
         }
@@ -96,7 +125,7 @@ impl Outbound {
             Ok(found) => found,
             Err(outcome) => {
                 for r in &remote {
-                    self.record(r, outcome.clone(), None).await;
+                    self.record(r, outcome.clone(), None, done).await;
                 }
                 return;
             }
@@ -137,7 +166,7 @@ impl Outbound {
                 Outcome::Temporary(last_error)
             };
             for r in &remote {
-                self.record(r, outcome.clone(), None).await;
+                self.record(r, outcome.clone(), None, done).await;
             }
             return;
         };
@@ -165,7 +194,7 @@ impl Outbound {
                 (None, Err(e)) => vec![Outcome::Temporary(format!("4.3.0 {e}")); rcpts.len()],
             };
             for (r, outcome) in rcpts.iter().zip(outcomes) {
-                self.record(r, outcome, Some(&host)).await;
+                self.record(r, outcome, Some(&host), done).await;
             }
         }
         if broken.is_none() {
@@ -360,14 +389,38 @@ impl Outbound {
         IpAddr::from([127, 0, 0, 1])
     }
 
-    /// Records one recipient's outcome: done, later, or a DSN.
-    async fn record(&self, r: &DueRcpt, outcome: Outcome, host: Option<&str>) {
+    /// Whether `domain` is one the relay hosts accounts under: its own, an
+    /// account's name under it, or a verified custom domain.
+    async fn may_be_hosted(&self, domain: &str) -> Result<bool, crate::store::StoreError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        if domain == self.relay_domain || domain.ends_with(&format!(".{}", self.relay_domain)) {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .domain(&domain)
+            .await?
+            .is_some_and(|d| d.state == crate::store::DomainState::Verified))
+    }
+
+    /// Commits the deliveries recorded so far (one commit for the lot).
+    async fn flush(&self, done: &mut Done) {
+        let batch = std::mem::take(&mut done.0);
+        if let Err(e) = self.store.outbound_done_many(batch).await {
+            warn!(error = %e, "cannot record deliveries; they may be repeated");
+        }
+    }
+
+    /// Records one recipient's outcome: done (committed with the next
+    /// [`Outbound::flush`]), later, or a DSN.
+    async fn record(&self, r: &DueRcpt, outcome: Outcome, host: Option<&str>, done: &mut Done) {
         let now = crate::store::now();
         let (diagnostic, expired) = match outcome {
             Outcome::Delivered => {
                 info!(queue_id = %r.id, rcpt = %r.rcpt, host = host.unwrap_or("local"), "delivered");
-                if let Err(e) = self.store.outbound_done(&r.id, &r.rcpt).await {
-                    warn!(error = %e, "cannot record a delivery; it may be repeated");
+                done.0.push((r.id.clone(), r.rcpt.clone()));
+                if done.0.len() >= FLUSH_EVERY {
+                    self.flush(done).await;
                 }
                 return;
             }

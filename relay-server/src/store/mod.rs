@@ -10,9 +10,8 @@ use omb_shared::types::QueueId;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,9 +31,9 @@ pub enum StoreError {
     DomainTaken(String),
     #[error("no domain {0:?} on this relay")]
     NoDomain(String),
-    #[error("spool write failed: {0}")]
+    #[error("queue write failed: {0}")]
     Batch(String),
-    #[error("the spool writer has stopped")]
+    #[error("the queue writer has stopped")]
     WriterGone,
 }
 
@@ -79,6 +78,7 @@ mod handles;
 mod mta_sts;
 mod outbound;
 mod spool;
+mod writer;
 
 pub use accounts::{ImportedAccount, ImportedNode};
 pub use dns::{AccountDns, RecordKind};
@@ -89,17 +89,14 @@ pub use outbound::{DueRcpt, NewOutbound};
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    writer: mpsc::Sender<WriteOp>,
+    writer: mpsc::Sender<(
+        writer::WriteOp,
+        oneshot::Sender<Result<writer::Written, String>>,
+    )>,
     /// Handles whose DNS data changed (see [`Store::dns_changes`]).
     dns_changes: tokio::sync::broadcast::Sender<String>,
     /// Handles whose senders changed (see [`Store::account_changes`]).
     account_changes: tokio::sync::broadcast::Sender<String>,
-}
-
-/// A spool write waiting for the writer task.
-enum WriteOp {
-    Insert(Vec<Arc<SpoolEntry>>, oneshot::Sender<Result<(), String>>),
-    Delete(String, Vec<String>, oneshot::Sender<Result<usize, String>>),
 }
 
 pub fn now() -> i64 {
@@ -153,12 +150,7 @@ impl Store {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let (writer, rx) = mpsc::channel(1024);
-        let committed = Arc::new(Notify::new());
-        tokio::spawn(spool::write_loop(pool.clone(), rx, committed.clone()));
-        if is_sqlite {
-            tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
-        }
+        let writer = writer::start(&pool, is_sqlite);
         let (dns_changes, _) = tokio::sync::broadcast::channel(1024);
         let (account_changes, _) = tokio::sync::broadcast::channel(256);
         let store = Store {

@@ -1,9 +1,11 @@
 //! The outbound queue's SQL: submitted messages and the recipients each still
-//! has to reach (migration 0007).
+//! has to reach (migration 0007). Its writes go through the group-committing
+//! writer (`writer`).
 
+use super::writer::{WriteOp, Written};
 use super::{Store, StoreError};
 use omb_shared::types::QueueId;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 /// A message to queue.
 #[derive(Debug, Clone)]
@@ -33,57 +35,19 @@ fn today(now: i64) -> i64 {
 }
 
 impl Store {
-    /// Queues a message durably (one transaction) and counts it towards the
-    /// account's day. A submission id the account used already is not queued
-    /// again: its queue id is returned.
+    /// Queues a message durably and counts it towards the account's day. A
+    /// submission id the account used already is not queued again: its queue
+    /// id is returned.
     pub async fn outbound_insert(&self, m: &NewOutbound) -> Result<String, StoreError> {
-        let now = super::now();
-        let mut tx = self.pool.begin().await?;
-        // The write comes first: a SQLite transaction that read before writing
-        // fails at once ("database is locked") when another connection wrote
-        // meanwhile, whatever the busy timeout; one that starts by writing waits.
-        let id = QueueId::generate().to_string();
-        let inserted = sqlx::query("INSERT INTO outbound (id, handle, submission_id, mail_from, data, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (handle, submission_id) DO NOTHING")
-            .bind(&id)
-            .bind(&m.handle)
-            .bind(&m.submission_id)
-            .bind(&m.mail_from)
-            .bind(&m.data)
-            .bind(now)
-            .execute(&mut *tx)
+        match self
+            .write(WriteOp::OutboundInsert(Box::new(m.clone())))
             .await?
-            .rows_affected();
-        if inserted == 0 {
-            let existing =
-                sqlx::query("SELECT id FROM outbound WHERE handle = $1 AND submission_id = $2")
-                    .bind(&m.handle)
-                    .bind(&m.submission_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            return Ok(existing.try_get(0)?);
+        {
+            Written::Queued(id) => Ok(id),
+            _ => Err(StoreError::Batch(
+                "the writer did not queue the message".into(),
+            )),
         }
-        let mut seen = std::collections::HashSet::new();
-        for rcpt in &m.rcpt_to {
-            let lower = rcpt.to_lowercase();
-            if !seen.insert(lower.clone()) {
-                continue;
-            }
-            let domain = lower.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-            sqlx::query("INSERT INTO outbound_rcpts (id, rcpt, domain, attempts, next_at, last_error) VALUES ($1, $2, $3, 0, $4, NULL)")
-                .bind(&id)
-                .bind(rcpt)
-                .bind(domain)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("INSERT INTO outbound_counts (handle, day, messages) VALUES ($1, $2, 1) ON CONFLICT (handle, day) DO UPDATE SET messages = outbound_counts.messages + 1")
-            .bind(&m.handle)
-            .bind(today(now))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(id)
     }
 
     /// Messages the account submitted today (UTC).
@@ -97,56 +61,25 @@ impl Store {
         Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
     }
 
-    /// When the account was created (seconds since the epoch).
-    pub async fn account_created_at(&self, handle: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT created_at FROM accounts WHERE handle = $1")
+    /// When the account was created (seconds since the epoch) and how many
+    /// messages it submitted today (UTC), in one query; `None` for no such
+    /// account.
+    pub async fn outbound_standing(&self, handle: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query("SELECT a.created_at, COALESCE(c.messages, 0) FROM accounts a LEFT JOIN outbound_counts c ON c.handle = a.handle AND c.day = $2 WHERE a.handle = $1")
             .bind(handle)
+            .bind(today(super::now()))
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
     /// Claims up to `limit` recipients due now: each is pushed `lease` seconds
     /// ahead, so no other worker (or relay instance) takes it meanwhile.
     pub async fn outbound_claim(&self, limit: i64, lease: i64) -> Result<Vec<DueRcpt>, StoreError> {
-        let now = super::now();
-        let rows = sqlx::query("SELECT r.id, r.rcpt, r.domain, r.attempts, o.handle, o.mail_from, o.created_at, r.next_at FROM outbound_rcpts r JOIN outbound o ON o.id = r.id WHERE r.next_at <= $1 ORDER BY r.next_at LIMIT $2")
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        if rows.is_empty() {
-            return Ok(out);
+        match self.write(WriteOp::OutboundClaim { limit, lease }).await? {
+            Written::Claimed(due) => Ok(due),
+            _ => Ok(Vec::new()),
         }
-        // One transaction for the whole batch: one commit (one fsync) instead of
-        // one per recipient.
-        let mut tx = self.pool.begin().await?;
-        for row in rows {
-            let due = DueRcpt {
-                id: row.try_get(0)?,
-                rcpt: row.try_get(1)?,
-                domain: row.try_get(2)?,
-                attempts: row.try_get(3)?,
-                handle: row.try_get(4)?,
-                mail_from: row.try_get(5)?,
-                created_at: row.try_get(6)?,
-            };
-            let next_at: i64 = row.try_get(7)?;
-            let claimed = sqlx::query("UPDATE outbound_rcpts SET next_at = $1 WHERE id = $2 AND rcpt = $3 AND next_at = $4")
-                .bind(now + lease)
-                .bind(&due.id)
-                .bind(&due.rcpt)
-                .bind(next_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if claimed == 1 {
-                out.push(due);
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
     }
 
     /// The message data of a queued message.
@@ -161,24 +94,16 @@ impl Store {
     /// A recipient is done with (delivered, or failed for good with its DSN
     /// spooled); the message goes with its last recipient.
     pub async fn outbound_done(&self, id: &str, rcpt: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM outbound_rcpts WHERE id = $1 AND rcpt = $2")
-            .bind(id)
-            .bind(rcpt)
-            .execute(&mut *tx)
-            .await?;
-        let left = sqlx::query("SELECT COUNT(*) FROM outbound_rcpts WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let left: i64 = left.try_get(0)?;
-        if left == 0 {
-            sqlx::query("DELETE FROM outbound WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        self.outbound_done_many(vec![(id.to_string(), rcpt.to_string())])
+            .await
+    }
+
+    /// [`Store::outbound_done`] for several `(queue id, recipient)` in one
+    /// commit.
+    pub async fn outbound_done_many(&self, done: Vec<(String, String)>) -> Result<(), StoreError> {
+        if !done.is_empty() {
+            self.write(WriteOp::OutboundDone(done)).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -190,13 +115,13 @@ impl Store {
         next_at: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbound_rcpts SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND rcpt = $4")
-            .bind(next_at)
-            .bind(error)
-            .bind(id)
-            .bind(rcpt)
-            .execute(&self.pool)
-            .await?;
+        self.write(WriteOp::OutboundDefer(
+            id.to_string(),
+            rcpt.to_string(),
+            next_at,
+            error.to_string(),
+        ))
+        .await?;
         Ok(())
     }
 
@@ -213,4 +138,152 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()
     }
+}
+
+/// Queues `m` in the writer's transaction `tx` (see `writer`); returns its
+/// queue id.
+pub(super) async fn insert(
+    tx: &mut Transaction<'_, Any>,
+    m: &NewOutbound,
+    now: i64,
+) -> Result<String, sqlx::Error> {
+    // The write comes first: on SQLite a transaction that read before writing
+    // fails at once ("database is locked") when another connection wrote
+    // meanwhile, whatever the busy timeout; one that starts by writing waits.
+    let id = QueueId::generate().to_string();
+    let inserted = sqlx::query("INSERT INTO outbound (id, handle, submission_id, mail_from, data, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (handle, submission_id) DO NOTHING")
+        .bind(&id)
+        .bind(&m.handle)
+        .bind(&m.submission_id)
+        .bind(&m.mail_from)
+        .bind(&m.data)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        let existing =
+            sqlx::query("SELECT id FROM outbound WHERE handle = $1 AND submission_id = $2")
+                .bind(&m.handle)
+                .bind(&m.submission_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        return existing.try_get(0);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for rcpt in &m.rcpt_to {
+        let lower = rcpt.to_lowercase();
+        if !seen.insert(lower.clone()) {
+            continue;
+        }
+        let domain = lower.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        sqlx::query("INSERT INTO outbound_rcpts (id, rcpt, domain, attempts, next_at, last_error) VALUES ($1, $2, $3, 0, $4, NULL)")
+            .bind(&id)
+            .bind(rcpt)
+            .bind(domain)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO outbound_counts (handle, day, messages) VALUES ($1, $2, 1) ON CONFLICT (handle, day) DO UPDATE SET messages = outbound_counts.messages + 1")
+        .bind(&m.handle)
+        .bind(today(now))
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// Claims up to `limit` due recipients in the writer's transaction `tx`.
+///
+/// One UPDATE takes them (it writes first, for the reason in [`insert`]); a
+/// row another relay instance claimed meanwhile no longer has `next_at <=
+/// now` when PostgreSQL re-checks it, so it is skipped, never taken twice.
+/// One SELECT then reads their messages' envelopes.
+pub(super) async fn claim(
+    tx: &mut Transaction<'_, Any>,
+    limit: i64,
+    lease: i64,
+    now: i64,
+) -> Result<Vec<DueRcpt>, sqlx::Error> {
+    let until = now + lease;
+    let rows = sqlx::query("UPDATE outbound_rcpts SET next_at = $1 WHERE next_at <= $2 AND (id, rcpt) IN (SELECT id, rcpt FROM outbound_rcpts WHERE next_at <= $2 ORDER BY next_at LIMIT $3) RETURNING id, rcpt, domain, attempts")
+        .bind(until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The envelopes of every message with a recipient leased until `until`:
+    // those just claimed, and perhaps some claimed in the same second by
+    // another worker, which are left out below.
+    let envelopes = sqlx::query("SELECT id, handle, mail_from, created_at FROM outbound WHERE id IN (SELECT id FROM outbound_rcpts WHERE next_at = $1)")
+        .bind(until)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut by_id = std::collections::HashMap::new();
+    for e in &envelopes {
+        let id: String = e.try_get(0)?;
+        by_id.insert(id, (e.try_get(1)?, e.try_get(2)?, e.try_get(3)?));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let Some((handle, mail_from, created_at)) = by_id.get(&id).cloned() else {
+            continue;
+        };
+        out.push(DueRcpt {
+            id,
+            rcpt: row.try_get(1)?,
+            domain: row.try_get(2)?,
+            attempts: row.try_get(3)?,
+            handle,
+            mail_from,
+            created_at,
+        });
+    }
+    out.sort_by_key(|d| d.created_at);
+    Ok(out)
+}
+
+/// Removes recipients done with in the writer's transaction `tx`, and each
+/// message whose last recipient that was.
+pub(super) async fn done(
+    tx: &mut Transaction<'_, Any>,
+    done: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    for (id, rcpt) in done {
+        sqlx::query("DELETE FROM outbound_rcpts WHERE id = $1 AND rcpt = $2")
+            .bind(id)
+            .bind(rcpt)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let ids: std::collections::BTreeSet<&String> = done.iter().map(|(id, _)| id).collect();
+    for id in ids {
+        sqlx::query("DELETE FROM outbound WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM outbound_rcpts WHERE id = $1)")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Records a temporary failure in the writer's transaction `tx`.
+pub(super) async fn defer(
+    tx: &mut Transaction<'_, Any>,
+    id: &str,
+    rcpt: &str,
+    next_at: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE outbound_rcpts SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3 AND rcpt = $4")
+        .bind(next_at)
+        .bind(error)
+        .bind(id)
+        .bind(rcpt)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -1,12 +1,12 @@
-//! The spool: mail waiting for nodes, written by one group-committing task.
+//! The spool: mail waiting for nodes. Its writes go through the group-
+//! committing writer (`writer`).
 
-use super::{SpoolEntry, Store, StoreError, WriteOp};
+use super::writer::{WriteOp, Written};
+use super::{SpoolEntry, Store, StoreError};
 use omb_shared::types::QueueId;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
 
 impl Store {
     /// Bytes waiting in the spool for an account.
@@ -32,14 +32,8 @@ impl Store {
     /// [`Store::spool_insert`] for messages the caller keeps using after the
     /// commit (the MX hands them to the tunnel), without copying them.
     pub async fn spool_insert_shared(&self, entries: &[Arc<SpoolEntry>]) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::Insert(entries.to_vec(), tx))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        rx.await
-            .map_err(|_| StoreError::WriterGone)?
-            .map_err(StoreError::Batch)
+        self.write(WriteOp::SpoolInsert(entries.to_vec())).await?;
+        Ok(())
     }
 
     /// The oldest messages waiting for `handle`, with their data, skipping the
@@ -110,14 +104,13 @@ impl Store {
         handle: &str,
         ids: Vec<String>,
     ) -> Result<usize, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(WriteOp::Delete(handle.to_string(), ids, tx))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        rx.await
-            .map_err(|_| StoreError::WriterGone)?
-            .map_err(StoreError::Batch)
+        match self
+            .write(WriteOp::SpoolDelete(handle.to_string(), ids))
+            .await?
+        {
+            Written::Deleted(n) => Ok(n),
+            _ => Ok(0),
+        }
     }
 
     pub async fn spool_count(&self, handle: &str) -> Result<i64, StoreError> {
@@ -129,129 +122,58 @@ impl Store {
     }
 }
 
-/// The one writer of the spool: it takes every insert and delete that is
-/// waiting and commits them in one transaction (group commit), so concurrent
-/// sessions share one fsync instead of queueing for one each. Each caller hears
-/// back only after the commit that holds its write.
-pub(super) async fn write_loop(
-    pool: AnyPool,
-    mut rx: mpsc::Receiver<WriteOp>,
-    committed: Arc<Notify>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut ops = vec![first];
-        while ops.len() < 256 {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
-        }
-        match write_batch(&pool, &ops).await {
-            Ok(deleted) => {
-                committed.notify_one();
-                let mut deleted = deleted.into_iter();
-                for op in ops {
-                    match op {
-                        WriteOp::Insert(_, tx) => {
-                            let _ = tx.send(Ok(()));
-                        }
-                        WriteOp::Delete(_, _, tx) => {
-                            let _ = tx.send(Ok(deleted.next().unwrap_or(0)));
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for op in ops {
-                    match op {
-                        WriteOp::Insert(_, tx) => {
-                            let _ = tx.send(Err(msg.clone()));
-                        }
-                        WriteOp::Delete(_, _, tx) => {
-                            let _ = tx.send(Err(msg.clone()));
-                        }
-                    }
-                }
-            }
-        }
+/// Writes `entries` in the writer's transaction `tx` (see `writer`).
+pub(super) async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    entries: &[Arc<SpoolEntry>],
+) -> Result<(), sqlx::Error> {
+    for e in entries {
+        sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(e.id.as_str())
+            .bind(&e.handle)
+            .bind(&e.mail_from)
+            .bind(e.rcpt_to.join(","))
+            .bind(e.data.len() as i64)
+            .bind(e.received_at)
+            .bind(i64::from(e.relay_encrypted))
+            .bind(&e.data[..])
+            .bind(e.plain_size)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes")
+            .bind(&e.handle)
+            .bind(e.data.len() as i64)
+            .execute(&mut **tx)
+            .await?;
     }
+    Ok(())
 }
 
-/// SQLite only: copies the write-ahead log back into the database shortly
-/// after commits, on its own connection. A PASSIVE checkpoint never blocks the
-/// spool writer, so a sender's `250` does not wait for a checkpoint's copying
-/// and fsync, as it would with SQLite's automatic checkpoint at commit time.
-pub(super) async fn checkpoint_loop(pool: AnyPool, committed: Arc<Notify>) {
-    loop {
-        committed.notified().await;
-        // Let a burst of commits pass, then checkpoint them together.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit");
-        }
-    }
-}
-
-/// One transaction for a batch; returns, in order, how many rows each delete removed.
-async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut deleted = Vec::new();
-    for op in ops {
-        match op {
-            WriteOp::Insert(entries, _) => {
-                for e in entries {
-                    sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-                        .bind(e.id.as_str())
-                        .bind(&e.handle)
-                        .bind(&e.mail_from)
-                        .bind(e.rcpt_to.join(","))
-                        .bind(e.data.len() as i64)
-                        .bind(e.received_at)
-                        .bind(i64::from(e.relay_encrypted))
-                        .bind(&e.data[..])
-                        .bind(e.plain_size)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes")
-                        .bind(&e.handle)
-                        .bind(e.data.len() as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            WriteOp::Delete(handle, ids, _) => {
-                let mut n = 0;
-                for id in ids {
-                    let gone = sqlx::query(
-                        "DELETE FROM spool WHERE id = $1 AND handle = $2 RETURNING size",
-                    )
-                    .bind(id)
-                    .bind(handle)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(row) = gone {
-                        let size: i64 = row.try_get(0)?;
-                        sqlx::query("UPDATE spool_bytes SET bytes = bytes - $1 WHERE handle = $2")
-                            .bind(size)
-                            .bind(handle)
-                            .execute(&mut *tx)
-                            .await?;
-                        n += 1;
-                    }
-                }
-                deleted.push(n);
-            }
+/// Deletes `handle`'s messages `ids` in the writer's transaction `tx`;
+/// returns how many were there.
+pub(super) async fn delete(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    handle: &str,
+    ids: &[String],
+) -> Result<usize, sqlx::Error> {
+    let mut n = 0;
+    for id in ids {
+        let gone = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2 RETURNING size")
+            .bind(id)
+            .bind(handle)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(row) = gone {
+            let size: i64 = row.try_get(0)?;
+            sqlx::query("UPDATE spool_bytes SET bytes = bytes - $1 WHERE handle = $2")
+                .bind(size)
+                .bind(handle)
+                .execute(&mut **tx)
+                .await?;
+            n += 1;
         }
     }
-    tx.commit().await?;
-    Ok(deleted)
+    Ok(n)
 }
 
 fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {
