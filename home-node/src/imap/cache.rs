@@ -87,6 +87,39 @@ pub fn render(
     (rendered, meta)
 }
 
+/// A message sealed for the store, with its metadata for the cache made at
+/// the same time from the plaintext at hand (as apps will see it), so the
+/// cache filler need not decrypt it again.
+pub struct Sealed {
+    pub data: Vec<u8>,
+    meta: Vec<u8>,
+    envelope: Vec<u8>,
+}
+
+impl Sealed {
+    /// Seals `message` (run it on the blocking pool: it encrypts).
+    pub fn seal(view: &MailView, message: &[u8]) -> Option<Sealed> {
+        let data = view.seal(message).ok()?;
+        let meta = if view.ciphertext_to_apps() {
+            Meta::build(&data, true, None)
+        } else {
+            Meta::build(message, false, None)
+        };
+        Some(Sealed {
+            meta: meta.to_bytes(),
+            envelope: meta.envelope_bytes(),
+            data,
+        })
+    }
+
+    pub fn meta(&self) -> MetaBytes<'_> {
+        MetaBytes {
+            meta: &self.meta,
+            envelope: &self.envelope,
+        }
+    }
+}
+
 /// Caches a message's metadata: all of it, and its envelope apart.
 pub async fn keep(
     store: &MailStore,

@@ -13,6 +13,7 @@ const FILE: &str = "meta.key";
 
 /// A message's metadata for the cache, serialised by its user (the IMAP
 /// server): all of it, and the short part a message list reads.
+#[derive(Clone, Copy)]
 pub struct MetaBytes<'a> {
     pub meta: &'a [u8],
     pub envelope: &'a [u8],

@@ -8,7 +8,7 @@ mod meta;
 pub mod pop3;
 
 pub use mailbox::MailboxInfo;
-pub use messages::{FlagOp, FlagUpdate, MsgRow};
+pub use messages::{FlagOp, FlagUpdate, MsgRow, NewAppend};
 pub use meta::MetaBytes;
 
 use sqlx::pool::PoolConnection;

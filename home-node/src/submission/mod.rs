@@ -8,6 +8,7 @@
 //! - `sign`: From check, missing fields, DKIM signature;
 //! - `server`: the tokio driver (listeners, TLS, timeouts, the tunnel).
 
+mod sent;
 pub mod server;
 pub mod session;
 pub mod sign;

@@ -3,6 +3,7 @@
 //! [`Session`], checks logins, and for each message checks the From, signs it,
 //! hands it to the relay through the tunnel and keeps a copy in `Sent`.
 
+use super::sent::SentKeeper;
 use super::session::{Action, LoginVerdict, Session, SessionConfig, SubmitVerdict, Transaction};
 use super::sign;
 use crate::access::login::LoginError;
@@ -66,6 +67,7 @@ pub struct SubmissionServer {
     pub limits: Limits,
     tls: TlsAcceptor,
     connections: Arc<ConnectionLimits>,
+    sent: SentKeeper,
 }
 
 impl SubmissionServer {
@@ -80,6 +82,7 @@ impl SubmissionServer {
         Arc::new(SubmissionServer {
             tls: TlsAcceptor::from(ctx.tls.clone()),
             connections: ConnectionLimits::new(limits.per_ip, limits.total),
+            sent: SentKeeper::start(ctx.clone()),
             ctx,
             keys,
             address: address.to_lowercase(),
@@ -315,7 +318,7 @@ async fn submit(server: &SubmissionServer, tx: Transaction) -> SubmitVerdict {
     match outcome {
         Ok(Some(SubmitOutcome::Queued)) => {
             info!(submission = %id, size = signed.len(), "submitted to the relay");
-            keep_in_sent(server, signed).await;
+            server.sent.keep(signed).await;
             SubmitVerdict::Queued(id)
         }
         Ok(Some(SubmitOutcome::Temporary(text))) => SubmitVerdict::Temporary(text),
@@ -326,41 +329,5 @@ async fn submit(server: &SubmissionServer, tx: Transaction) -> SubmitVerdict {
                 "4.4.1 The relay cannot be reached now; try again later".into(),
             )
         }
-    }
-}
-
-/// Stores the sent message in `Sent`, encrypted like everything else; a
-/// failure is logged, the message is out already.
-async fn keep_in_sent(server: &SubmissionServer, data: Vec<u8>) {
-    let store = &server.ctx.store;
-    let mailbox = match store.mailbox("Sent").await {
-        Ok(Some(mb)) => mb,
-        Ok(None) => {
-            warn!("no Sent folder; the sent message is not kept");
-            return;
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot open Sent");
-            return;
-        }
-    };
-    let size = data.len() as i64;
-    let view = server.ctx.view.clone();
-    let sealed = server
-        .ctx
-        .view
-        .blocking(move || view.seal(&data).ok())
-        .await
-        .flatten();
-    let Some(sealed) = sealed else {
-        warn!("cannot encrypt the sent message for the store");
-        return;
-    };
-    let now = chrono::Utc::now().timestamp();
-    if let Err(e) = store
-        .append(mailbox.id, now, size, &sealed, "\\Seen", None)
-        .await
-    {
-        warn!(error = %e, "cannot keep the sent message in Sent");
     }
 }

@@ -2,8 +2,8 @@
 //! STATUS, APPEND; and the dispatch of the selected-state commands.
 
 use super::{code, store_failure, Bad, Handler, No};
+use crate::imap::cache::Sealed;
 use crate::imap::convert::{name_from_wire, name_to_wire};
-use crate::imap::mime::Meta;
 use crate::imap::session::Session;
 use crate::store::mailbox::DELIMITER;
 use crate::store::MailboxInfo;
@@ -326,19 +326,10 @@ impl Handler {
         let sealed = self
             .ctx
             .view
-            .blocking(move || {
-                let sealed = view.seal(&data).ok()?;
-                let ciphertext = view.ciphertext_to_apps();
-                let meta = if ciphertext {
-                    Meta::build(&sealed, true, None)
-                } else {
-                    Meta::build(&data, false, None)
-                };
-                Some((sealed, meta.to_bytes(), meta.envelope_bytes()))
-            })
+            .blocking(move || Sealed::seal(&view, &data))
             .await
             .flatten();
-        let Some((sealed, meta, envelope)) = sealed else {
+        let Some(sealed) = sealed else {
             return Err((
                 No,
                 code("SERVERBUG"),
@@ -354,12 +345,9 @@ impl Handler {
                 mb.id,
                 internaldate,
                 size,
-                &sealed,
+                &sealed.data,
                 &flags,
-                Some(&crate::store::MetaBytes {
-                    meta: &meta,
-                    envelope: &envelope,
-                }),
+                Some(&sealed.meta()),
             )
             .await
             .map_err(|e| store_failure(&e))?;
