@@ -31,7 +31,7 @@ pub fn client(mode: &str, config: &serde_json::Value) -> (bool, String) {
 
 /// A standalone Postfix instance as the MX of `domains` on a loopback port,
 /// delivering every accepted recipient into one Maildir, refusing
-/// `reject@example.org` with 550 5.1.1, and making no DNS lookups; with
+/// `reject@example.org` and `reject2@example.org` with 550 5.1.1, making no DNS lookups; with
 /// STARTTLS when given a certificate and key (PEM files).
 pub struct Postfix {
     conf: PathBuf,
@@ -73,7 +73,7 @@ impl Postfix {
                  virtual_mailbox_domains = {domains}\nvirtual_mailbox_base = {r}/mail\n\
                  virtual_mailbox_maps = static:inbox/\nvirtual_uid_maps = static:65534\n\
                  virtual_gid_maps = static:65534\nalias_maps =\nalias_database =\n\
-                 smtpd_recipient_restrictions = check_recipient_access inline:{{ {{reject@example.org=550 5.1.1 no such user here}} }}, permit_mynetworks, reject\n{tls}"
+                 smtpd_recipient_restrictions = check_recipient_access inline:{{ {{reject@example.org=550 5.1.1 no such user here}} {{reject2@example.org=550 5.1.1 no such user here}} }}, permit_mynetworks, reject\n{tls}"
             ),
         )
         .expect("main.cf");

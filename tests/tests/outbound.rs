@@ -3,7 +3,7 @@
 //! example.org's MX on a loopback port (a static route); dkimpy verifies the
 //! DKIM signature with its key fetched from the relay's DNS. Postfix stopped:
 //! deferred, and delivered once it is back, across a relay `kill -9`. A 550
-//! from Postfix: a DSN in alice's INBOX, read over IMAP. alice to bob on the
+//! from Postfix for two recipients: one DSN in alice's INBOX, read over IMAP. alice to bob on the
 //! same relay: into bob's encrypted store, never through Postfix. Another
 //! account's address as sender: refused. A burst over the rate: 451 4.7.1,
 //! then accepted later. One test, so the peers start once (about a minute).
@@ -110,25 +110,38 @@ fn sending_through_the_relay_to_postfix_and_between_accounts() {
         || postfix.with_subject("second message").is_some(),
     );
 
-    // 3. A 550 from Postfix: a DSN in alice's INBOX, over IMAP.
+    // 3. 550 from Postfix for two recipients of one message: one DSN naming
+    //    both (RFC 3464 §2.3) in alice's INBOX, over IMAP.
     let reply = send(
         alice_sub,
         a,
         a,
         a,
-        &["reject@example.org"],
+        &["reject@example.org", "reject2@example.org"],
         "doomed message",
     );
     assert!(reply.starts_with("250"), "{reply}");
-    let imap = serde_json::json!({"imap": alice_imap.to_string(), "user": a,
-        "password": PASSWORD, "subject": "Undelivered mail to reject@example.org"});
+    let imap = |subject: &str| {
+        serde_json::json!({"imap": alice_imap.to_string(), "user": a,
+            "password": PASSWORD, "subject": subject})
+    };
+    let subject = "Undelivered mail to 2 recipients";
     wait_until(Duration::from_secs(60), "the DSN over IMAP", || {
-        client("imap", &imap).0
+        client("imap", &imap(subject)).0
     });
-    let (_, dsn) = client("imap", &imap);
+    let (_, dsn) = client("imap", &imap(subject));
     assert!(dsn.contains("report-type=delivery-status"), "{dsn}");
-    assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
     assert!(dsn.contains("Subject: doomed message"), "{dsn}");
+    for rcpt in ["reject@example.org", "reject2@example.org"] {
+        assert!(
+            dsn.contains(&format!(
+                "Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1"
+            )),
+            "{dsn}"
+        );
+    }
+    let (apart, other) = client("imap", &imap("Undelivered mail to reject"));
+    assert!(!apart, "a DSN per recipient as well: {other}");
 
     // 4. alice -> bob on the same relay: into bob's store, encrypted, never
     //    through Postfix.

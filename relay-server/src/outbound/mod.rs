@@ -4,7 +4,8 @@
 //!   DKIM signature) into the durable queue;
 //! - `queue`: the worker that delivers due recipients — to another account of
 //!   this relay straight into its encrypted spool, or over SMTP to a static
-//!   route or the domain's MX — and retries, expires and bounces;
+//!   route or the domain's MX; `outcome`: what became of each recipient —
+//!   done, retried later, or failed, with one DSN per message;
 //! - `smtp`: the SMTP client; `tls`: its TLS clients and trust roots;
 //!   `mta_sts`: recipient domains' MTA-STS policies (RFC 8461);
 //!   `dane`: MX hosts' DNSSEC-validated TLSA records (RFC 7672);
@@ -15,6 +16,7 @@ pub mod dane;
 pub mod dsn;
 pub mod limits;
 pub mod mta_sts;
+mod outcome;
 pub mod queue;
 pub mod smtp;
 pub mod tls;

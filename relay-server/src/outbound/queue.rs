@@ -1,13 +1,13 @@
 //! The delivery worker: claims due recipients, groups them by domain, and
 //! delivers each group — to hosted accounts through the MX's encrypt-then-
-//! spool path, to others over one SMTP connection per destination — then
-//! records what happened: done, retry later (on the configured schedule), or
-//! a DSN back to the sender (RFC 3464) when refused for good or expired.
+//! spool path, to others over one SMTP connection per destination — and
+//! hands each outcome to `outcome`.
 
 use super::dane::{HostDane, SecureMx};
 use super::mta_sts::Mode;
+use super::outcome::Done;
 use super::smtp::{Connection, Outcome, SmtpError, TlsRequirement};
-use super::{dsn, Outbound};
+use super::Outbound;
 use crate::mx::session::{AcceptedRcpt, StoreVerdict, Transaction};
 use crate::store::DueRcpt;
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
@@ -21,15 +21,6 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Recipients claimed per look at the queue.
 const BATCH: i64 = 500;
-
-/// Deliveries recorded at most before they are committed: a relay that dies
-/// before the commit sends these again once their lease is over (at-least-
-/// once, like every MTA).
-const FLUSH_EVERY: usize = 64;
-
-/// Deliveries recorded and not yet committed: `(queue id, recipient)`.
-#[derive(Default)]
-struct Done(Vec<(String, String)>);
 
 /// Hosts by name (for TLS) and address.
 type Hosts = Vec<(String, SocketAddr)>;
@@ -385,7 +376,7 @@ impl Outbound {
     }
 
     /// The address SPF sees for mail the relay hands to itself.
-    fn own_ip(&self) -> IpAddr {
+    pub(super) fn own_ip(&self) -> IpAddr {
         IpAddr::from([127, 0, 0, 1])
     }
 
@@ -401,112 +392,6 @@ impl Outbound {
             .domain(&domain)
             .await?
             .is_some_and(|d| d.state == crate::store::DomainState::Verified))
-    }
-
-    /// Commits the deliveries recorded so far (one commit for the lot).
-    async fn flush(&self, done: &mut Done) {
-        let batch = std::mem::take(&mut done.0);
-        if let Err(e) = self.store.outbound_done_many(batch).await {
-            warn!(error = %e, "cannot record deliveries; they may be repeated");
-        }
-    }
-
-    /// Records one recipient's outcome: done (committed with the next
-    /// [`Outbound::flush`]), later, or a DSN.
-    async fn record(&self, r: &DueRcpt, outcome: Outcome, host: Option<&str>, done: &mut Done) {
-        let now = crate::store::now();
-        let (diagnostic, expired) = match outcome {
-            Outcome::Delivered => {
-                info!(queue_id = %r.id, rcpt = %r.rcpt, host = host.unwrap_or("local"), "delivered");
-                done.0.push((r.id.clone(), r.rcpt.clone()));
-                if done.0.len() >= FLUSH_EVERY {
-                    self.flush(done).await;
-                }
-                return;
-            }
-            Outcome::Temporary(text) => {
-                if now < r.created_at + self.config.expire_secs as i64 {
-                    let schedule = &self.config.retry_secs;
-                    let step = schedule
-                        .get(r.attempts as usize)
-                        .or(schedule.last())
-                        .copied()
-                        .unwrap_or(600);
-                    info!(queue_id = %r.id, rcpt = %r.rcpt, error = %text, retry_in = step, "deferred");
-                    if let Err(e) = self
-                        .store
-                        .outbound_defer(&r.id, &r.rcpt, now + step as i64, &text)
-                        .await
-                    {
-                        warn!(error = %e, "cannot record a deferral");
-                    }
-                    return;
-                }
-                (text, true)
-            }
-            Outcome::Permanent(text) => (text, false),
-        };
-        info!(queue_id = %r.id, rcpt = %r.rcpt, error = %diagnostic, expired, "failed; sending a DSN");
-        match self.bounce(r, &diagnostic, expired, host).await {
-            Ok(()) => {
-                if let Err(e) = self.store.outbound_done(&r.id, &r.rcpt).await {
-                    warn!(error = %e, "cannot record a failure");
-                }
-            }
-            Err(why) => {
-                // Keep the recipient: the DSN is tried again later.
-                warn!(queue_id = %r.id, error = %why, "cannot spool the DSN; trying again later");
-                let _ = self
-                    .store
-                    .outbound_defer(&r.id, &r.rcpt, now + 60, &diagnostic)
-                    .await;
-            }
-        }
-    }
-
-    /// Spools a DSN into the sender's account (null reverse-path, RFC 5321
-    /// §4.5.5).
-    async fn bounce(
-        &self,
-        r: &DueRcpt,
-        diagnostic: &str,
-        expired: bool,
-        host: Option<&str>,
-    ) -> Result<(), String> {
-        let original = self
-            .store
-            .outbound_data(&r.id)
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
-        let report = dsn::build(
-            &self.hostname,
-            &self.relay_domain,
-            &r.mail_from,
-            r.created_at,
-            &dsn::Failure {
-                rcpt: &r.rcpt,
-                diagnostic,
-                expired,
-                remote_mta: host,
-            },
-            &original,
-        );
-        let address = Address::parse(&r.mail_from).map_err(|e| e.to_string())?;
-        let tx = Transaction {
-            helo: self.hostname.clone(),
-            protocol: "ESMTP",
-            mail_from: String::new(),
-            recipients: vec![AcceptedRcpt {
-                address,
-                handle: r.handle.clone(),
-            }],
-            data: report,
-        };
-        match self.acceptor.store(tx, self.own_ip()).await {
-            StoreVerdict::Stored(_) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
     }
 }
 
