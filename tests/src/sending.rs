@@ -104,6 +104,27 @@ impl Postfix {
         }
     }
 
+    /// Also listens on `[::1]:port` (call before starting it): for mail
+    /// to a host that has only an IPv6 address.
+    pub fn listen_on_ipv6_too(&self, port: u16) {
+        let main = self.conf.join("main.cf");
+        let text = std::fs::read_to_string(&main).expect("main.cf");
+        let text = text
+            .replace(
+                "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n",
+                "inet_interfaces = 127.0.0.1, [::1]\ninet_protocols = all\n",
+            )
+            .replace(
+                "mynetworks = 127.0.0.0/8\n",
+                "mynetworks = 127.0.0.0/8 [::1]/128\n",
+            );
+        std::fs::write(&main, text).expect("main.cf");
+        let master = self.conf.join("master.cf");
+        let mut text = std::fs::read_to_string(&master).expect("master.cf");
+        text.push_str(&format!("[::1]:{port} inet n - n - - smtpd\n"));
+        std::fs::write(&master, text).expect("master.cf");
+    }
+
     pub fn postfix(&self, action: &str) {
         let out = Command::new("postfix")
             .arg("-c")

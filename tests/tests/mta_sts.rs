@@ -11,7 +11,9 @@
 //! - badcert.example.org, `enforce`, MX mail.badcert.example.org (a name
 //!   Postfix's certificate lacks): deferred, never delivered, not in clear;
 //! - testing.example.org, `testing`, the same bad certificate: delivered, the
-//!   failure logged.
+//!   failure logged;
+//! - v6.example.org, no policy, its MX with only an IPv6 address (AAAA ::1,
+//!   where Postfix listens too): delivered over IPv6.
 
 use omb_tests::harness::{free_port, have_tool, is_root, spawn_logged, wait_until, TestDir};
 use omb_tests::knot::Knot;
@@ -59,7 +61,7 @@ fn policy(mode: &str, mx: &[&str]) -> String {
 /// example.org's zone: every name at 127.0.0.1; `mismatch_id` is the id of
 /// mismatch.example.org's TXT record.
 fn zone(mismatch_id: u32) -> String {
-    let mut z = String::from("mx A 127.0.0.1\n");
+    let mut z = String::from("mx A 127.0.0.1\nv6 MX 10 mx6.example.org.\nmx6 AAAA ::1\n");
     for d in DOMAINS {
         let mx = match d {
             "badcert" | "testing" => format!("mail.{d}.example.org."),
@@ -110,7 +112,11 @@ fn mta_sts_policies_are_enforced_on_outbound_delivery() {
     let https_port = free_port();
     let _https = PolicyServer::start(dir.path(), https_port, &https_cert, &https_key, &policies);
     let postfix_port = free_port();
-    let domains: Vec<String> = DOMAINS.iter().map(|d| format!("{d}.example.org")).collect();
+    let domains: Vec<String> = DOMAINS
+        .iter()
+        .chain(&["v6"])
+        .map(|d| format!("{d}.example.org"))
+        .collect();
     let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
     let postfix = Postfix::new(
         dir.path(),
@@ -118,6 +124,7 @@ fn mta_sts_policies_are_enforced_on_outbound_delivery() {
         &domains,
         Some((&mx_cert.0, &mx_cert.1)),
     );
+    postfix.listen_on_ipv6_too(postfix_port);
     postfix.postfix("start");
 
     // The zone is unsigned and Knot serves no root: DNSSEC validation (DANE)
@@ -147,6 +154,15 @@ fn mta_sts_policies_are_enforced_on_outbound_delivery() {
         .unwrap_or_default();
     let text = String::from_utf8_lossy(&received);
     assert!(text.contains("using TLS"), "delivered over TLS: {text}");
+
+    // No policy, and the MX has only an IPv6 address: delivered over IPv6.
+    submit("bob@v6.example.org", "over ipv6");
+    wait_until(Duration::from_secs(60), "delivery over IPv6", || {
+        postfix.with_subject("over ipv6").is_some()
+    });
+    let received = postfix.with_subject("over ipv6").unwrap_or_default();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("[IPv6:::1]"), "received from ::1: {text}");
 
     // (2) enforce, but the MX is not in the policy, or its certificate is not
     //     for its name: deferred and retried, never delivered.

@@ -325,26 +325,36 @@ impl Outbound {
         Ok((names, false))
     }
 
+    /// `host`'s addresses (RFC 5321 §5.1): its IPv4 ones first, then its
+    /// IPv6 ones, each tried in turn until one answers; an IP literal as it
+    /// is.
     pub(super) async fn addresses(&self, host: &str, port: u16) -> Hosts {
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
             return vec![(host.to_string(), SocketAddr::new(ip, port))];
         }
-        match self
-            .delivery_dns
-            .resolver()
-            .ipv4_lookup(host, NO_V4_CACHE)
-            .await
-        {
-            Ok(set) => set
-                .rrset
-                .iter()
-                .map(|ip| (host.to_string(), SocketAddr::new(IpAddr::V4(*ip), port)))
-                .collect(),
-            Err(e) => {
-                debug!(%host, error = %e, "no address");
-                Vec::new()
-            }
+        let resolver = self.delivery_dns.resolver();
+        let (v4, v6) = tokio::join!(
+            resolver.ipv4_lookup(host, NO_V4_CACHE),
+            resolver.ipv6_lookup(host, NO_V6_CACHE)
+        );
+        let mut out: Hosts = Vec::new();
+        match v4 {
+            Ok(set) => out.extend(
+                set.rrset
+                    .iter()
+                    .map(|ip| (host.to_string(), SocketAddr::new(IpAddr::V4(*ip), port))),
+            ),
+            Err(e) => debug!(%host, error = %e, "no IPv4 address"),
         }
+        match v6 {
+            Ok(set) => out.extend(
+                set.rrset
+                    .iter()
+                    .map(|ip| (host.to_string(), SocketAddr::new(IpAddr::V6(*ip), port))),
+            ),
+            Err(e) => debug!(%host, error = %e, "no IPv6 address"),
+        }
+        out
     }
 
     /// Delivers to a hosted account: encrypted to its key and spooled.
@@ -400,4 +410,7 @@ const NO_MX_CACHE: Option<
 > = None;
 const NO_V4_CACHE: Option<
     &mail_auth::common::cache::NoCache<Box<str>, mail_auth::RecordSet<std::net::Ipv4Addr>>,
+> = None;
+const NO_V6_CACHE: Option<
+    &mail_auth::common::cache::NoCache<Box<str>, mail_auth::RecordSet<std::net::Ipv6Addr>>,
 > = None;
