@@ -1,6 +1,8 @@
 //! The relay on PostgreSQL, end to end with the real binaries and swaks: mail is
 //! spooled in the database, survives a `kill -9` of the relay, and reaches the
 //! node once it comes back. The same scenario runs on SQLite as the reference.
+//! Sending too: the outbound queue in PostgreSQL, through a `kill -9`, to a
+//! real Postfix (the SQLite run of that is tests/tests/outbound.rs).
 //!
 //! The PostgreSQL test needs `OMB_TEST_POSTGRES_URL` (a role that may create
 //! databases, e.g. `postgres://omb:omb@127.0.0.1:5432/postgres`) and `psql`. It
@@ -9,8 +11,10 @@
 
 use omb_relay::store::with_database;
 use omb_tests::harness::{
-    files_containing, have_tool, in_ci, swaks, token, wait_until, Node, Relay, TestDir,
+    files_containing, free_port, have_tool, in_ci, is_root, swaks, token, wait_until, Node, Relay,
+    TestDir,
 };
+use omb_tests::sending::{send_ok, started_node_with_access, Postfix};
 use std::process::Command;
 use std::time::Duration;
 
@@ -221,4 +225,53 @@ fn sqlite_relay_delivers_and_survives_kill9() {
         return;
     }
     mail_survives_node_absence_and_relay_kill("sqlite-e2e", "sqlite", None);
+}
+
+/// Sending on PostgreSQL: a message submitted to alice's node while the
+/// recipient's MX (a real Postfix, by a static route) is down waits in the
+/// relay's outbound queue in the database, through a `kill -9` of the relay,
+/// and goes out once Postfix is back; the queue is empty afterwards.
+#[test]
+fn postgres_outbound_queue_survives_kill9() {
+    let Some(db) = PgDatabase::create() else {
+        return;
+    };
+    if !is_root() || !have_tool("postfix") || !have_tool("python3") {
+        assert!(!in_ci(), "CI runs as root with postfix and python3");
+        eprintln!("skipped: needs root, postfix and python3 (scripts/install-peers)");
+        return;
+    }
+    let dir = TestDir::new("pg-outbound");
+    let postfix_port = free_port();
+    let extra = format!(
+        "[outbound]\nroutes = {{ \"example.org\" = \"127.0.0.1:{postfix_port}\" }}\n\
+         retry_secs = [1, 1, 2]\npoll_ms = 200\ntimeout_secs = 10\n"
+    );
+    let mut relay = Relay::new(dir.path(), &db.url, &extra);
+    relay.start();
+    let (_alice, access) = started_node_with_access(dir.path(), &relay, "alice");
+    let postfix = Postfix::new(dir.path(), postfix_port, &["example.org"], None);
+
+    send_ok(
+        access.submission,
+        "alice@sandbox.test",
+        &["bob@example.org"],
+        "queued in postgres",
+    );
+    wait_until(Duration::from_secs(20), "a deferral", || {
+        relay.log_text().contains("deferred")
+    });
+    assert_eq!(db.count("SELECT count(*) FROM outbound_rcpts"), 1);
+    relay.kill9();
+    relay.start();
+    postfix.postfix("start");
+    wait_until(
+        Duration::from_secs(60),
+        "delivery after the relay's kill -9, once Postfix is up",
+        || postfix.with_subject("queued in postgres").is_some(),
+    );
+    wait_until(Duration::from_secs(10), "an empty queue", || {
+        db.count("SELECT count(*) FROM outbound_rcpts") == 0
+            && db.count("SELECT count(*) FROM outbound") == 0
+    });
 }
