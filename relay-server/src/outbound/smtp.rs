@@ -30,6 +30,14 @@ impl Reply {
     pub fn permanent(&self) -> bool {
         self.code >= 500
     }
+
+    /// Whether an EHLO reply names `extension` (RFC 5321 §4.1.1.1: one
+    /// keyword per line, parameters after it).
+    fn offers(&self, extension: &str) -> bool {
+        self.text
+            .split(' ')
+            .any(|w| w.eq_ignore_ascii_case(extension))
+    }
 }
 
 impl std::fmt::Display for Reply {
@@ -49,6 +57,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A RCPT reply: accepted (for now), or why not.
+    fn of_rcpt(reply: &Reply) -> Self {
+        match reply.positive() {
+            true => Outcome::Delivered,
+            false => Outcome::from_reply(reply),
+        }
+    }
+
     fn from_reply(reply: &Reply) -> Self {
         if reply.permanent() {
             Outcome::Permanent(reply.to_string())
@@ -96,6 +112,8 @@ pub struct Connection {
     /// not (also when there is no TLS).
     pub pkix: Result<(), String>,
     pub peer: SocketAddr,
+    /// The server offers PIPELINING (RFC 2920) in its last EHLO reply.
+    pipelining: bool,
 }
 
 /// Errors of the connection as a whole: every recipient waiting on it gets a
@@ -148,6 +166,7 @@ impl Connection {
             tls: false,
             pkix: Err("no TLS".into()),
             peer,
+            pipelining: false,
         };
         let greeting = conn.reply().await?;
         if greeting.code != 220 {
@@ -157,12 +176,9 @@ impl Connection {
         if !ehlo.positive() {
             return Err(SmtpError::Refused(peer, ehlo));
         }
-        let offers_tls = ehlo
-            .text
-            .split(' ')
-            .any(|w| w.eq_ignore_ascii_case("STARTTLS"));
+        conn.pipelining = ehlo.offers("PIPELINING");
         let verified = policy.is_some();
-        if !offers_tls {
+        if !ehlo.offers("STARTTLS") {
             if verified {
                 return Err(required("STARTTLS not offered"));
             }
@@ -206,12 +222,14 @@ impl Connection {
             tls: true,
             pkix,
             peer,
+            pipelining: false,
         };
         // RFC 3207 §4.2: everything learned before TLS is forgotten.
         let ehlo = conn.command(&format!("EHLO {helo}")).await?;
         if !ehlo.positive() {
             return Err(SmtpError::Refused(peer, ehlo));
         }
+        conn.pipelining = ehlo.offers("PIPELINING");
         Ok(conn)
     }
 
@@ -223,6 +241,9 @@ impl Connection {
         rcpts: &[String],
         data: &[u8],
     ) -> Result<Vec<Outcome>, SmtpError> {
+        if self.pipelining {
+            return self.send_pipelined(mail_from, rcpts, data).await;
+        }
         let reply = self.command(&format!("MAIL FROM:<{mail_from}>")).await?;
         if !reply.positive() {
             let _ = self.command("RSET").await;
@@ -231,11 +252,7 @@ impl Connection {
         let mut outcomes = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
             let reply = self.command(&format!("RCPT TO:<{rcpt}>")).await?;
-            outcomes.push(if reply.positive() {
-                Outcome::Delivered
-            } else {
-                Outcome::from_reply(&reply)
-            });
+            outcomes.push(Outcome::of_rcpt(&reply));
         }
         if !outcomes.contains(&Outcome::Delivered) {
             let _ = self.command("RSET").await;
@@ -246,6 +263,57 @@ impl Connection {
             let _ = self.command("RSET").await;
             return Ok(rejected(outcomes, &reply));
         }
+        self.end_data(outcomes, data).await
+    }
+
+    /// [`Connection::send`] with PIPELINING (RFC 2920): MAIL, every RCPT and
+    /// DATA in one write, then their replies in order; one round trip instead
+    /// of one per command.
+    async fn send_pipelined(
+        &mut self,
+        mail_from: &str,
+        rcpts: &[String],
+        data: &[u8],
+    ) -> Result<Vec<Outcome>, SmtpError> {
+        let mut group = format!("MAIL FROM:<{mail_from}>\r\n");
+        for rcpt in rcpts {
+            group.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+        }
+        group.push_str("DATA\r\n");
+        self.write(group.as_bytes()).await?;
+        let mail = self.reply().await?;
+        let mut outcomes = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            let reply = self.reply().await?;
+            outcomes.push(match mail.positive() {
+                true => Outcome::of_rcpt(&reply),
+                false => Outcome::from_reply(&mail),
+            });
+        }
+        let reply = self.reply().await?;
+        if reply.code != 354 {
+            let _ = self.command("RSET").await;
+            return Ok(match outcomes.contains(&Outcome::Delivered) {
+                true => rejected(outcomes, &reply),
+                false => outcomes,
+            });
+        }
+        if !outcomes.contains(&Outcome::Delivered) {
+            // §3.1: a server that said 354 with no recipient gets an empty
+            // message, never the real one.
+            self.write(b".\r\n").await?;
+            let _ = self.reply().await?;
+            return Ok(outcomes);
+        }
+        self.end_data(outcomes, data).await
+    }
+
+    /// After 354: the message, and the server's verdict on it.
+    async fn end_data(
+        &mut self,
+        outcomes: Vec<Outcome>,
+        data: &[u8],
+    ) -> Result<Vec<Outcome>, SmtpError> {
         self.write(&dot_stuff(data)).await?;
         let reply = self.reply().await?;
         if reply.code != 250 {
@@ -442,5 +510,66 @@ mod tests {
         );
         let got = String::from_utf8(server.await.unwrap()).unwrap();
         assert!(got.ends_with("Subject: s\r\n\r\n..hi\r\n.\r\n"), "{got}");
+    }
+
+    /// PIPELINING offered: MAIL, both RCPTs and DATA come before any reply
+    /// (the server answers nothing until it has seen DATA, so a client that
+    /// waited would time out); a refused recipient is told apart.
+    #[tokio::test]
+    async fn pipelines_when_offered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = BufReader::new(s);
+            s.get_mut().write_all(b"220 hi\r\n").await.unwrap();
+            let mut line = Vec::new();
+            s.read_until(b'\n', &mut line).await.unwrap();
+            s.get_mut()
+                .write_all(b"250-x\r\n250-PIPELINING\r\n250 SIZE 10\r\n")
+                .await
+                .unwrap();
+            let mut group = Vec::new();
+            while !group.ends_with(b"DATA\r\n") {
+                s.read_until(b'\n', &mut group).await.unwrap();
+            }
+            s.get_mut()
+                .write_all(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
+                .await
+                .unwrap();
+            let mut body = Vec::new();
+            while !body.ends_with(b"\r\n.\r\n") {
+                s.read_until(b'\n', &mut body).await.unwrap();
+            }
+            s.get_mut().write_all(b"250 queued\r\n").await.unwrap();
+            String::from_utf8(group).unwrap()
+        });
+        let mut conn = Connection::open(
+            addr,
+            "localhost",
+            "relay.test",
+            &Trust::new(None).unwrap(),
+            &TlsRequirement::Opportunistic,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let outcomes = conn
+            .send(
+                "a@b.test",
+                &["x@y.test".into(), "z@y.test".into()],
+                b"Subject: s\r\n\r\nhi\r\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0], Outcome::Delivered);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Permanent("550 5.1.1 no such user".into())
+        );
+        assert_eq!(
+            server.await.unwrap(),
+            "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<z@y.test>\r\nDATA\r\n"
+        );
     }
 }
