@@ -158,5 +158,7 @@ async fn concurrent_submissions_are_all_queued(url: String) {
     }
     assert_eq!(ids.len(), 20, "one queue id per submission");
     assert_eq!(store.outbound_pending().await.expect("pending").len(), 20);
+    // Counted once each, however the writer batched them.
+    assert_eq!(store.outbound_today("alice").await.expect("count"), 20);
     store.close().await;
 }

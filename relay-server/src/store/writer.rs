@@ -119,6 +119,19 @@ async fn write_loop(
 async fn write_batch(pool: &AnyPool, ops: &[&WriteOp]) -> Result<Vec<Written>, sqlx::Error> {
     let now = super::now();
     let mut tx = pool.begin().await?;
+    // The outbound inserts of the batch go together, in a few statements.
+    let submitted: Vec<&NewOutbound> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::OutboundInsert(m) => Some(&**m),
+            _ => None,
+        })
+        .collect();
+    let mut queued = match submitted.is_empty() {
+        true => Vec::new(),
+        false => outbound::insert(&mut tx, &submitted, now).await?,
+    }
+    .into_iter();
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         let written = match op {
@@ -129,7 +142,7 @@ async fn write_batch(pool: &AnyPool, ops: &[&WriteOp]) -> Result<Vec<Written>, s
             WriteOp::SpoolDelete(handle, ids) => {
                 Written::Deleted(spool::delete(&mut tx, handle, ids).await?)
             }
-            WriteOp::OutboundInsert(m) => Written::Queued(outbound::insert(&mut tx, m, now).await?),
+            WriteOp::OutboundInsert(_) => Written::Queued(queued.next().unwrap_or_default()),
             WriteOp::OutboundClaim { limit, lease } => {
                 Written::Claimed(outbound::claim(&mut tx, *limit, *lease, now).await?)
             }
