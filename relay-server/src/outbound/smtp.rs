@@ -418,6 +418,34 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// An opportunistic connection to a scripted server that offers no TLS.
+    async fn plain(addr: SocketAddr) -> Connection {
+        Connection::open(
+            addr,
+            "localhost",
+            "relay.test",
+            &Trust::new(None).unwrap(),
+            &TlsRequirement::Opportunistic,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Sends `body` to two recipients, the second of which the server
+    /// refuses with 550 5.1.1.
+    async fn send_to_one_good_one_refused(conn: &mut Connection, body: &[u8]) {
+        let outcomes = conn
+            .send("a@b.test", &["x@y.test".into(), "z@y.test".into()], body)
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0], Outcome::Delivered);
+        assert_eq!(
+            outcomes[1],
+            Outcome::Permanent("550 5.1.1 no such user".into())
+        );
+    }
+
     #[test]
     fn dot_stuffing() {
         assert_eq!(dot_stuff(b"a\r\n.b\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
@@ -484,30 +512,9 @@ mod tests {
             }
             got
         });
-        let mut conn = Connection::open(
-            addr,
-            "localhost",
-            "relay.test",
-            &Trust::new(None).unwrap(),
-            &TlsRequirement::Opportunistic,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let mut conn = plain(addr).await;
         assert!(!conn.tls);
-        let outcomes = conn
-            .send(
-                "a@b.test",
-                &["x@y.test".into(), "z@y.test".into()],
-                b"Subject: s\r\n\r\n.hi\r\n",
-            )
-            .await
-            .unwrap();
-        assert_eq!(outcomes[0], Outcome::Delivered);
-        assert_eq!(
-            outcomes[1],
-            Outcome::Permanent("550 5.1.1 no such user".into())
-        );
+        send_to_one_good_one_refused(&mut conn, b"Subject: s\r\n\r\n.hi\r\n").await;
         let got = String::from_utf8(server.await.unwrap()).unwrap();
         assert!(got.ends_with("Subject: s\r\n\r\n..hi\r\n.\r\n"), "{got}");
     }
@@ -544,29 +551,8 @@ mod tests {
             s.get_mut().write_all(b"250 queued\r\n").await.unwrap();
             String::from_utf8(group).unwrap()
         });
-        let mut conn = Connection::open(
-            addr,
-            "localhost",
-            "relay.test",
-            &Trust::new(None).unwrap(),
-            &TlsRequirement::Opportunistic,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        let outcomes = conn
-            .send(
-                "a@b.test",
-                &["x@y.test".into(), "z@y.test".into()],
-                b"Subject: s\r\n\r\nhi\r\n",
-            )
-            .await
-            .unwrap();
-        assert_eq!(outcomes[0], Outcome::Delivered);
-        assert_eq!(
-            outcomes[1],
-            Outcome::Permanent("550 5.1.1 no such user".into())
-        );
+        let mut conn = plain(addr).await;
+        send_to_one_good_one_refused(&mut conn, b"Subject: s\r\n\r\nhi\r\n").await;
         assert_eq!(
             server.await.unwrap(),
             "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<z@y.test>\r\nDATA\r\n"
