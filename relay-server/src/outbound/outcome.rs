@@ -9,6 +9,7 @@ use crate::mx::session::{AcceptedRcpt, StoreVerdict, Transaction};
 use crate::store::DueRcpt;
 use omb_shared::types::Address;
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Deliveries recorded at most before they are committed: a relay that dies
@@ -16,11 +17,18 @@ use tracing::{info, warn};
 /// once, like every MTA).
 const FLUSH_EVERY: usize = 64;
 
+/// How long a delivery waits at most for its commit, however slow the pass:
+/// far less than a claim's lease (at least 60 s), so no other worker takes
+/// the recipient again meanwhile.
+const FLUSH_AFTER: Duration = Duration::from_secs(5);
+
 /// Outcomes recorded in a pass and not yet committed.
 #[derive(Default)]
 pub(super) struct Done {
     /// `(queue id, recipient)` delivered.
     delivered: Vec<(String, String)>,
+    /// When the oldest of `delivered` was recorded.
+    since: Option<Instant>,
     /// Recipients that failed for good, waiting for their message's DSN.
     failed: Vec<Failed>,
 }
@@ -47,7 +55,8 @@ impl Outbound {
             Outcome::Delivered => {
                 info!(queue_id = %r.id, rcpt = %r.rcpt, host = host.unwrap_or("local"), "delivered");
                 done.delivered.push((r.id.clone(), r.rcpt.clone()));
-                if done.delivered.len() >= FLUSH_EVERY {
+                let since = *done.since.get_or_insert_with(Instant::now);
+                if done.delivered.len() >= FLUSH_EVERY || since.elapsed() >= FLUSH_AFTER {
                     self.flush(done).await;
                 }
                 return;
@@ -87,6 +96,7 @@ impl Outbound {
     /// sends the DSNs of the failures, one per message.
     pub(super) async fn flush(&self, done: &mut Done) {
         let delivered = std::mem::take(&mut done.delivered);
+        done.since = None;
         if let Err(e) = self.store.outbound_done_many(delivered).await {
             warn!(error = %e, "cannot record deliveries; they may be repeated");
         }
