@@ -194,7 +194,9 @@ pub fn decrypt_bytes(key: &Cert, ciphertext: &[u8]) -> Result<Vec<u8>, PgpError>
     decrypt_bytes_with(key, ciphertext, None).map(|(plain, _)| plain)
 }
 
-fn decrypt_bytes_with(
+/// Like [`decrypt_bytes`], with a session key kept from an earlier reading
+/// (see [`decrypt_message_with`]), giving the key back.
+pub fn decrypt_bytes_with(
     key: &Cert,
     ciphertext: &[u8],
     known: Option<&MessageKey>,

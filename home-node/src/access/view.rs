@@ -68,7 +68,12 @@ impl MailView {
         if self.ciphertext_to_apps || !omb_shared::mime::is_encrypted(stored) {
             return (stored.to_vec(), None);
         }
-        match omb_shared::pgp::decrypt_message_with(&self.keys.openpgp, stored, known) {
+        // The armour taken off here is far cheaper than by sequoia's reader.
+        let done = match super::armor::dearmor(stored) {
+            Some(binary) => omb_shared::pgp::decrypt_bytes_with(&self.keys.openpgp, &binary, known),
+            None => omb_shared::pgp::decrypt_message_with(&self.keys.openpgp, stored, known),
+        };
+        match done {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, "a stored message does not decrypt; handing it over as stored");
