@@ -86,6 +86,27 @@ pub(super) async fn bump(
     )
 }
 
+/// [`bump`], also giving the folder's UIDVALIDITY.
+async fn bump_validity(
+    tx: &mut Transaction<'_, Sqlite>,
+    mailbox_id: i64,
+) -> Result<(i64, u32), StoreError> {
+    let r = sqlx::query("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1 RETURNING highestmodseq, uidvalidity")
+        .bind(mailbox_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(StoreError::Refused("that folder no longer exists"))?;
+    Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u32))
+}
+
+/// A flag change as committed: the folder's UIDVALIDITY, the change's
+/// mod-sequence and the store's change generation just before the commit.
+struct Committed {
+    uidvalidity: u32,
+    modseq: u64,
+    generation: u64,
+}
+
 async fn next_uid(
     tx: &mut Transaction<'_, Sqlite>,
     mailbox_id: i64,
@@ -145,10 +166,13 @@ impl MailStore {
         mailbox_id: i64,
         modseq: u64,
     ) -> Result<(Vec<MsgRow>, Vec<u32>), StoreError> {
+        // Sorted here: with ORDER BY uid, SQLite walks the folder's whole
+        // listing index instead of the few entries of the modseq index (a
+        // scan of every message for each session's catching up).
         let rows = sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
-            " FROM messages WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid"
+            " FROM messages WHERE mailbox_id = ?1 AND modseq > ?2"
         ))
         .bind(mailbox_id)
         .bind(modseq as i64)
@@ -161,8 +185,10 @@ impl MailStore {
         .bind(modseq as i64)
         .fetch_all(&self.pool)
         .await?;
+        let mut rows: Vec<MsgRow> = rows.iter().map(row).collect::<Result<_, _>>()?;
+        rows.sort_unstable_by_key(|r| r.uid);
         Ok((
-            rows.iter().map(row).collect::<Result<_, _>>()?,
+            rows,
             gone.iter()
                 .map(|r| Ok(r.try_get::<i64, _>(0)? as u32))
                 .collect::<Result<_, StoreError>>()?,
@@ -243,14 +269,25 @@ impl MailStore {
         flags: &[String],
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
+        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let out = self
             .set_flags_on(&mut conn, mailbox_id, uids, op, flags, unchanged_since)
             .await;
         super::durable_again(conn).await;
-        let out = out?;
-        if !out.changed.is_empty() {
-            self.notify(mailbox_id);
+        let (out, committed) = out?;
+        if let Some(c) = committed {
+            // The folder's shared listing follows the change, so sessions
+            // catch up without asking the database (`current_listing`): it
+            // is the folder's latest state when no other change was
+            // announced between this commit and this announcement.
+            let advanced = self
+                .listings
+                .advance(mailbox_id, c.uidvalidity, c.modseq, &out.changed);
+            let generation = self.notify(mailbox_id);
+            if advanced && generation == c.generation + 1 {
+                self.listings.mark_current(mailbox_id, c.modseq, generation);
+            }
         }
         Ok(out)
     }
@@ -263,10 +300,11 @@ impl MailStore {
         op: FlagOp,
         flags: &[String],
         unchanged_since: Option<u64>,
-    ) -> Result<FlagUpdate, StoreError> {
+    ) -> Result<(FlagUpdate, Option<Committed>), StoreError> {
         let mut out = FlagUpdate::default();
         let mut tx = sqlx::Connection::begin_with(&mut *conn, WRITE_TX).await?;
         let mut modseq = None;
+        let mut uidvalidity = 0;
         for chunk in uids.chunks(500) {
             let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
             let rows = sqlx::query(concat!(
@@ -294,8 +332,9 @@ impl MailStore {
                 let ms = match modseq {
                     Some(ms) => ms,
                     None => {
-                        let ms = bump(&mut tx, mailbox_id).await?;
+                        let (ms, validity) = bump_validity(&mut tx, mailbox_id).await?;
                         modseq = Some(ms);
+                        uidvalidity = validity;
                         ms
                     }
                 };
@@ -311,8 +350,16 @@ impl MailStore {
                 out.changed.push(m);
             }
         }
+        // Read while this transaction holds the write lock: no other change
+        // can be committed until it ends.
+        let generation = self.generation();
         tx.commit().await?;
-        Ok(out)
+        let committed = modseq.map(|ms| Committed {
+            uidvalidity,
+            modseq: ms as u64,
+            generation,
+        });
+        Ok((out, committed))
     }
 
     /// Removes the messages flagged `\Deleted` (only those in `only`, when

@@ -170,6 +170,7 @@ impl MailStore {
             return Ok(());
         };
         // A cache entry lost in a power cut is made again: no fsync for it.
+        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let done = Self::insert_meta(&mut conn, mailbox_id, uid, sealed, envelope).await;
         super::durable_again(conn).await;
@@ -190,6 +191,7 @@ impl MailStore {
         if sealed.is_empty() {
             return Ok(());
         }
+        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let done = Self::insert_metas(&mut conn, sealed).await;
         super::durable_again(conn).await;
