@@ -5,13 +5,16 @@
 use super::WRITE_TX;
 use super::{MailStore, StoreError};
 use sqlx::{Row, Sqlite, Transaction};
+use std::sync::{Arc, LazyLock};
 
 /// One message as a session sees it (no body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgRow {
     pub uid: u32,
-    /// Space-separated flags and keywords, e.g. `\Seen $Forwarded`.
-    pub flags: String,
+    /// Space-separated flags and keywords, e.g. `\Seen $Forwarded`; shared
+    /// (see [`flag_value`]), so the copy of a folder's listing each session
+    /// makes when its view changes costs no allocation per message.
+    pub flags: Arc<str>,
     pub modseq: u64,
     pub internaldate: i64,
     pub size: i64,
@@ -33,6 +36,18 @@ pub struct FlagUpdate {
     pub modified: Vec<u32>,
 }
 
+/// A stored flag string as a [`MsgRow`] holds it: the common values (none,
+/// `\Seen`) are one allocation for every message that has them.
+pub fn flag_value(flags: &str) -> Arc<str> {
+    static NONE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+    static SEEN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("\\Seen"));
+    match flags {
+        "" => NONE.clone(),
+        "\\Seen" => SEEN.clone(),
+        other => Arc::from(other),
+    }
+}
+
 macro_rules! row_columns {
     () => {
         "uid, flags, modseq, internaldate, size"
@@ -42,7 +57,7 @@ macro_rules! row_columns {
 fn row(r: &sqlx::sqlite::SqliteRow) -> Result<MsgRow, StoreError> {
     Ok(MsgRow {
         uid: r.try_get::<i64, _>(0)? as u32,
-        flags: r.try_get(1)?,
+        flags: flag_value(r.try_get::<&str, _>(1)?),
         modseq: r.try_get::<i64, _>(2)? as u64,
         internaldate: r.try_get(3)?,
         size: r.try_get(4)?,
@@ -149,7 +164,7 @@ impl MailStore {
                 modseq: modseq as u64,
                 internaldate,
                 size,
-                flags: parts.next().unwrap_or("").to_string(),
+                flags: flag_value(parts.next().unwrap_or("")),
             });
         }
         // SQLite keeps the subquery's order in practice; make sure of it.
@@ -345,7 +360,7 @@ impl MailStore {
                     .bind(ms)
                     .execute(&mut *tx)
                     .await?;
-                m.flags = new;
+                m.flags = flag_value(&new);
                 m.modseq = ms as u64;
                 out.changed.push(m);
             }
