@@ -76,6 +76,20 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_message_reads_back_with_the_key_it_was_sealed_under() {
+        let cert = pgp::generate_cert(&["t@example.org".into()]).unwrap();
+        let plain = b"Subject: appended\r\n\r\nbody\r\n".to_vec();
+        let (stored, key) = pgp::encrypt_whole_message_keyed(&cert, &plain).unwrap();
+        let binary = dearmor(&stored).unwrap();
+        // A certificate without the secret keys: only the kept key opens it.
+        let public = pgp::parse_cert(&pgp::public_bytes(&cert).unwrap()).unwrap();
+        let (got, used) = pgp::decrypt_bytes_with(&public, &binary, Some(&key)).unwrap();
+        assert_eq!(got, plain);
+        assert_eq!(used.unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(pgp::decrypt_message(&cert, &stored).unwrap(), plain);
+    }
+
+    #[test]
     fn odd_armour_is_left_to_sequoia() {
         assert!(dearmor(b"no armour here").is_none());
         let no_blank = b"-----BEGIN PGP MESSAGE-----\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n";

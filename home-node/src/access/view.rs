@@ -51,6 +51,16 @@ impl MailView {
         omb_shared::pgp::encrypt_whole_message(&self.keys.openpgp, message)
     }
 
+    /// Like [`MailView::seal`], also giving the message's session key for
+    /// the metadata cache: its first reading then skips the public-key
+    /// step, as for any message read before.
+    pub fn seal_keyed(
+        &self,
+        message: &[u8],
+    ) -> Result<(Vec<u8>, MessageKey), omb_shared::pgp::PgpError> {
+        omb_shared::pgp::encrypt_whole_message_keyed(&self.keys.openpgp, message)
+    }
+
     /// The message as apps get it. A stored message this node's key cannot
     /// decrypt (kept as it came) is handed over as stored.
     pub fn render(&self, stored: &[u8]) -> Vec<u8> {

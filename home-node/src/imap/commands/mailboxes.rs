@@ -327,12 +327,12 @@ impl Handler {
             .ctx
             .view
             .blocking(move || {
-                let sealed = view.seal(&data).ok()?;
+                let (sealed, key) = view.seal_keyed(&data).ok()?;
                 let ciphertext = view.ciphertext_to_apps();
                 let meta = if ciphertext {
                     Meta::build(&sealed, true, None)
                 } else {
-                    Meta::build(&data, false, None)
+                    Meta::build(&data, false, Some(&key))
                 };
                 Some((sealed, meta.to_bytes(), meta.envelope_bytes()))
             })
