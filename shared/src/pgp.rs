@@ -89,6 +89,15 @@ pub fn can_encrypt_to(cert: &Cert) -> bool {
 
 /// Encrypts `data` to `cert`, ASCII-armoured with CRLF line ends.
 pub fn encrypt_armored(cert: &Cert, data: &[u8]) -> Result<Vec<u8>, PgpError> {
+    encrypt_armored_with(cert, data, None)
+}
+
+/// Like [`encrypt_armored`], under the given session key when there is one.
+fn encrypt_armored_with(
+    cert: &Cert,
+    data: &[u8],
+    key: Option<&MessageKey>,
+) -> Result<Vec<u8>, PgpError> {
     let p = StandardPolicy::new();
     let recipients: Vec<_> = cert
         .keys()
@@ -105,7 +114,15 @@ pub fn encrypt_armored(cert: &Cert, data: &[u8]) -> Result<Vec<u8>, PgpError> {
     {
         let message = Message::new(&mut sink);
         let message = Armorer::new(message).build()?;
-        let message = Encryptor::for_recipients(message, recipients).build()?;
+        let message = match key {
+            Some(MessageKey {
+                algo: Some(algo),
+                key,
+            }) => Encryptor::with_session_key(message, *algo, key.clone())?
+                .add_recipients(recipients)
+                .build()?,
+            _ => Encryptor::for_recipients(message, recipients).build()?,
+        };
         let mut message = LiteralWriter::new(message).build()?;
         message.write_all(data)?;
         message.finalize()?;
@@ -130,7 +147,31 @@ fn to_crlf(text: &[u8]) -> Vec<u8> {
 /// section 4) encrypted to `cert`. The outer header carries nothing of the
 /// original: no From, To, Subject or Date; only the envelope, kept apart, is clear.
 pub fn encrypt_whole_message(cert: &Cert, message: &[u8]) -> Result<Vec<u8>, PgpError> {
-    let armored = encrypt_armored(cert, message)?;
+    encrypt_whole_message_with(cert, message, None)
+}
+
+/// Like [`encrypt_whole_message`], also giving the message's session key (a
+/// new random AES-256 key), so that its writer can keep it and read the
+/// message again without the public-key step ([`decrypt_message_with`]).
+pub fn encrypt_whole_message_keyed(
+    cert: &Cert,
+    message: &[u8],
+) -> Result<(Vec<u8>, MessageKey), PgpError> {
+    let algo = SymmetricAlgorithm::AES256;
+    let key = MessageKey {
+        algo: Some(algo),
+        key: SessionKey::new(algo.key_size()?)?,
+    };
+    let sealed = encrypt_whole_message_with(cert, message, Some(&key))?;
+    Ok((sealed, key))
+}
+
+fn encrypt_whole_message_with(
+    cert: &Cert,
+    message: &[u8],
+    key: Option<&MessageKey>,
+) -> Result<Vec<u8>, PgpError> {
+    let armored = encrypt_armored_with(cert, message, key)?;
     let boundary = format!(
         "omb-{:016x}{:016x}",
         rand::random::<u64>(),
@@ -194,7 +235,9 @@ pub fn decrypt_bytes(key: &Cert, ciphertext: &[u8]) -> Result<Vec<u8>, PgpError>
     decrypt_bytes_with(key, ciphertext, None).map(|(plain, _)| plain)
 }
 
-fn decrypt_bytes_with(
+/// Like [`decrypt_bytes`], with a session key kept from an earlier reading
+/// (see [`decrypt_message_with`]), giving the key back.
+pub fn decrypt_bytes_with(
     key: &Cert,
     ciphertext: &[u8],
     known: Option<&MessageKey>,

@@ -1,6 +1,7 @@
 //! What mail apps talk to, and the parts the IMAP and POP3 servers share: TLS,
 //! logging in, and the decrypted view of the stored (encrypted) mail.
 
+pub mod armor;
 pub mod login;
 pub mod view;
 

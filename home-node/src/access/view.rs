@@ -51,6 +51,16 @@ impl MailView {
         omb_shared::pgp::encrypt_whole_message(&self.keys.openpgp, message)
     }
 
+    /// Like [`MailView::seal`], also giving the message's session key for
+    /// the metadata cache: its first reading then skips the public-key
+    /// step, as for any message read before.
+    pub fn seal_keyed(
+        &self,
+        message: &[u8],
+    ) -> Result<(Vec<u8>, MessageKey), omb_shared::pgp::PgpError> {
+        omb_shared::pgp::encrypt_whole_message_keyed(&self.keys.openpgp, message)
+    }
+
     /// The message as apps get it. A stored message this node's key cannot
     /// decrypt (kept as it came) is handed over as stored.
     pub fn render(&self, stored: &[u8]) -> Vec<u8> {
@@ -68,7 +78,12 @@ impl MailView {
         if self.ciphertext_to_apps || !omb_shared::mime::is_encrypted(stored) {
             return (stored.to_vec(), None);
         }
-        match omb_shared::pgp::decrypt_message_with(&self.keys.openpgp, stored, known) {
+        // The armour taken off here is far cheaper than by sequoia's reader.
+        let done = match super::armor::dearmor(stored) {
+            Some(binary) => omb_shared::pgp::decrypt_bytes_with(&self.keys.openpgp, &binary, known),
+            None => omb_shared::pgp::decrypt_message_with(&self.keys.openpgp, stored, known),
+        };
+        match done {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, "a stored message does not decrypt; handing it over as stored");

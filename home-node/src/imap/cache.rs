@@ -37,7 +37,11 @@ pub async fn fill(ctx: AccessContext) {
 }
 
 async fn fill_missing(ctx: &AccessContext) {
+    use futures_util::StreamExt;
     let ciphertext = ctx.view.ciphertext_to_apps();
+    // One message per crypto thread at a time: a batch of big messages is not
+    // all held in memory at once.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     loop {
         let missing = match ctx.store.missing_metas(BATCH).await {
             Ok(m) => m,
@@ -49,24 +53,21 @@ async fn fill_missing(ctx: &AccessContext) {
         if missing.is_empty() {
             return;
         }
-        let mut done = 0;
-        for (mailbox_id, uid) in missing {
-            let Ok(Some(stored)) = ctx.store.data(mailbox_id, uid).await else {
-                continue;
-            };
-            let view = ctx.view.clone();
-            let Some((_, Some(meta))) = ctx
-                .view
-                .blocking(move || render(&view, &stored, None, true, ciphertext))
-                .await
-            else {
-                continue;
-            };
-            if keep(&ctx.store, mailbox_id, uid, &meta).await.is_ok() {
-                done += 1;
-            }
-        }
-        if done == 0 {
+        let made: Vec<(i64, u32, Meta)> = futures_util::stream::iter(missing)
+            .map(|(mailbox_id, uid)| async move {
+                let stored = ctx.store.data(mailbox_id, uid).await.ok()??;
+                let view = ctx.view.clone();
+                let (_, meta) = ctx
+                    .view
+                    .blocking(move || render(&view, &stored, None, true, ciphertext))
+                    .await?;
+                Some((mailbox_id, uid, meta?))
+            })
+            .buffer_unordered(threads)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if made.is_empty() || keep_all(&ctx.store, &made).await.is_err() {
             return;
         }
     }
@@ -97,13 +98,15 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// Seals `message` (run it on the blocking pool: it encrypts).
+    /// Seals `message` (run it on the blocking pool: it encrypts). The
+    /// metadata holds the session key, so the first reading skips the
+    /// public-key step, as for any message read before.
     pub fn seal(view: &MailView, message: &[u8]) -> Option<Sealed> {
-        let data = view.seal(message).ok()?;
+        let (data, key) = view.seal_keyed(message).ok()?;
         let meta = if view.ciphertext_to_apps() {
             Meta::build(&data, true, None)
         } else {
-            Meta::build(message, false, None)
+            Meta::build(message, false, Some(&key))
         };
         Some(Sealed {
             meta: meta.to_bytes(),
@@ -118,6 +121,29 @@ impl Sealed {
             envelope: &self.envelope,
         }
     }
+}
+
+/// Caches the metadata of several messages (of any folders) in one commit.
+pub async fn keep_all(store: &MailStore, metas: &[(i64, u32, Meta)]) -> Result<(), StoreError> {
+    let bytes: Vec<(Vec<u8>, Vec<u8>)> = metas
+        .iter()
+        .map(|(_, _, m)| (m.to_bytes(), m.envelope_bytes()))
+        .collect();
+    let rows: Vec<(i64, u32, MetaBytes)> = metas
+        .iter()
+        .zip(&bytes)
+        .map(|((mailbox_id, uid, _), (all, envelope))| {
+            (
+                *mailbox_id,
+                *uid,
+                MetaBytes {
+                    meta: all,
+                    envelope,
+                },
+            )
+        })
+        .collect();
+    store.set_metas(&rows).await
 }
 
 /// Caches a message's metadata: all of it, and its envelope apart.

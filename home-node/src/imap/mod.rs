@@ -4,6 +4,7 @@
 //! - `session`: the sans-I/O session machine (framing, parsing, states),
 //! - `commands`: runs commands against the store,
 //! - `mime`, `section`, `convert`: message structure, sections, wire values,
+//! - `wire`: the common FETCH responses written straight to bytes,
 //! - `server`: the tokio driver (listeners, TLS, timeouts).
 
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod mime;
 pub mod section;
 pub mod server;
 pub mod session;
+pub mod wire;
 
 use crate::access::AccessContext;
 use crate::config::AccessConfig;

@@ -167,6 +167,11 @@ impl Session {
         self.out.extend_from_slice(bytes);
     }
 
+    /// The output queue, for responses serialised in place (`wire`).
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
     /// What to write to the client now.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)

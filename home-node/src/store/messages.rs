@@ -5,13 +5,16 @@
 use super::WRITE_TX;
 use super::{MailStore, StoreError};
 use sqlx::{Row, Sqlite, Transaction};
+use std::sync::{Arc, LazyLock};
 
 /// One message as a session sees it (no body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgRow {
     pub uid: u32,
-    /// Space-separated flags and keywords, e.g. `\Seen $Forwarded`.
-    pub flags: String,
+    /// Space-separated flags and keywords, e.g. `\Seen $Forwarded`; shared
+    /// (see [`flag_value`]), so the copy of a folder's listing each session
+    /// makes when its view changes costs no allocation per message.
+    pub flags: Arc<str>,
     pub modseq: u64,
     pub internaldate: i64,
     pub size: i64,
@@ -33,6 +36,18 @@ pub struct FlagUpdate {
     pub modified: Vec<u32>,
 }
 
+/// A stored flag string as a [`MsgRow`] holds it: the common values (none,
+/// `\Seen`) are one allocation for every message that has them.
+pub fn flag_value(flags: &str) -> Arc<str> {
+    static NONE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+    static SEEN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("\\Seen"));
+    match flags {
+        "" => NONE.clone(),
+        "\\Seen" => SEEN.clone(),
+        other => Arc::from(other),
+    }
+}
+
 macro_rules! row_columns {
     () => {
         "uid, flags, modseq, internaldate, size"
@@ -42,7 +57,7 @@ macro_rules! row_columns {
 fn row(r: &sqlx::sqlite::SqliteRow) -> Result<MsgRow, StoreError> {
     Ok(MsgRow {
         uid: r.try_get::<i64, _>(0)? as u32,
-        flags: r.try_get(1)?,
+        flags: flag_value(r.try_get::<&str, _>(1)?),
         modseq: r.try_get::<i64, _>(2)? as u64,
         internaldate: r.try_get(3)?,
         size: r.try_get(4)?,
@@ -98,6 +113,27 @@ pub(super) async fn bump(
     )
 }
 
+/// [`bump`], also giving the folder's UIDVALIDITY.
+async fn bump_validity(
+    tx: &mut Transaction<'_, Sqlite>,
+    mailbox_id: i64,
+) -> Result<(i64, u32), StoreError> {
+    let r = sqlx::query("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1 RETURNING highestmodseq, uidvalidity")
+        .bind(mailbox_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(StoreError::Refused("that folder no longer exists"))?;
+    Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u32))
+}
+
+/// A flag change as committed: the folder's UIDVALIDITY, the change's
+/// mod-sequence and the store's change generation just before the commit.
+struct Committed {
+    uidvalidity: u32,
+    modseq: u64,
+    generation: u64,
+}
+
 async fn next_uid(
     tx: &mut Transaction<'_, Sqlite>,
     mailbox_id: i64,
@@ -140,7 +176,7 @@ impl MailStore {
                 modseq: modseq as u64,
                 internaldate,
                 size,
-                flags: parts.next().unwrap_or("").to_string(),
+                flags: flag_value(parts.next().unwrap_or("")),
             });
         }
         // SQLite keeps the subquery's order in practice; make sure of it.
@@ -157,10 +193,13 @@ impl MailStore {
         mailbox_id: i64,
         modseq: u64,
     ) -> Result<(Vec<MsgRow>, Vec<u32>), StoreError> {
+        // Sorted here: with ORDER BY uid, SQLite walks the folder's whole
+        // listing index instead of the few entries of the modseq index (a
+        // scan of every message for each session's catching up).
         let rows = sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
-            " FROM messages WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid"
+            " FROM messages WHERE mailbox_id = ?1 AND modseq > ?2"
         ))
         .bind(mailbox_id)
         .bind(modseq as i64)
@@ -173,8 +212,10 @@ impl MailStore {
         .bind(modseq as i64)
         .fetch_all(&self.pool)
         .await?;
+        let mut rows: Vec<MsgRow> = rows.iter().map(row).collect::<Result<_, _>>()?;
+        rows.sort_unstable_by_key(|r| r.uid);
         Ok((
-            rows.iter().map(row).collect::<Result<_, _>>()?,
+            rows,
             gone.iter()
                 .map(|r| Ok(r.try_get::<i64, _>(0)? as u32))
                 .collect::<Result<_, StoreError>>()?,
@@ -294,14 +335,25 @@ impl MailStore {
         flags: &[String],
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
+        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let out = self
             .set_flags_on(&mut conn, mailbox_id, uids, op, flags, unchanged_since)
             .await;
         super::durable_again(conn).await;
-        let out = out?;
-        if !out.changed.is_empty() {
-            self.notify(mailbox_id);
+        let (out, committed) = out?;
+        if let Some(c) = committed {
+            // The folder's shared listing follows the change, so sessions
+            // catch up without asking the database (`current_listing`): it
+            // is the folder's latest state when no other change was
+            // announced between this commit and this announcement.
+            let advanced = self
+                .listings
+                .advance(mailbox_id, c.uidvalidity, c.modseq, &out.changed);
+            let generation = self.notify(mailbox_id);
+            if advanced && generation == c.generation + 1 {
+                self.listings.mark_current(mailbox_id, c.modseq, generation);
+            }
         }
         Ok(out)
     }
@@ -314,10 +366,11 @@ impl MailStore {
         op: FlagOp,
         flags: &[String],
         unchanged_since: Option<u64>,
-    ) -> Result<FlagUpdate, StoreError> {
+    ) -> Result<(FlagUpdate, Option<Committed>), StoreError> {
         let mut out = FlagUpdate::default();
         let mut tx = sqlx::Connection::begin_with(&mut *conn, WRITE_TX).await?;
         let mut modseq = None;
+        let mut uidvalidity = 0;
         for chunk in uids.chunks(500) {
             let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
             let rows = sqlx::query(concat!(
@@ -345,8 +398,9 @@ impl MailStore {
                 let ms = match modseq {
                     Some(ms) => ms,
                     None => {
-                        let ms = bump(&mut tx, mailbox_id).await?;
+                        let (ms, validity) = bump_validity(&mut tx, mailbox_id).await?;
                         modseq = Some(ms);
+                        uidvalidity = validity;
                         ms
                     }
                 };
@@ -357,13 +411,21 @@ impl MailStore {
                     .bind(ms)
                     .execute(&mut *tx)
                     .await?;
-                m.flags = new;
+                m.flags = flag_value(&new);
                 m.modseq = ms as u64;
                 out.changed.push(m);
             }
         }
+        // Read while this transaction holds the write lock: no other change
+        // can be committed until it ends.
+        let generation = self.generation();
         tx.commit().await?;
-        Ok(out)
+        let committed = modseq.map(|ms| Committed {
+            uidvalidity,
+            modseq: ms as u64,
+            generation,
+        });
+        Ok((out, committed))
     }
 
     /// Removes the messages flagged `\Deleted` (only those in `only`, when

@@ -171,8 +171,30 @@ impl MailStore {
             return Ok(());
         };
         // A cache entry lost in a power cut is made again: no fsync for it.
+        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let done = Self::insert_meta(&mut conn, mailbox_id, uid, sealed, envelope).await;
+        super::durable_again(conn).await;
+        done
+    }
+
+    /// Caches the metadata of several messages in one transaction (one
+    /// commit instead of one each: the metadata of a folder's new mail is
+    /// made in batches).
+    pub async fn set_metas(&self, metas: &[(i64, u32, MetaBytes<'_>)]) -> Result<(), StoreError> {
+        let sealed: Vec<(i64, u32, Vec<u8>, Vec<u8>)> = metas
+            .iter()
+            .filter_map(|(mailbox_id, uid, m)| {
+                let (meta, envelope) = self.seal_metas(m)?;
+                Some((*mailbox_id, *uid, meta, envelope))
+            })
+            .collect();
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        let _writing = self.relaxed_writes.lock().await;
+        let mut conn = self.relaxed().await?;
+        let done = Self::insert_metas(&mut conn, sealed).await;
         super::durable_again(conn).await;
         done
     }
@@ -184,20 +206,29 @@ impl MailStore {
         sealed: Vec<u8>,
         envelope: Vec<u8>,
     ) -> Result<(), StoreError> {
+        Self::insert_metas(conn, vec![(mailbox_id, uid, sealed, envelope)]).await
+    }
+
+    async fn insert_metas(
+        conn: &mut sqlx::SqliteConnection,
+        metas: Vec<(i64, u32, Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
         let mut tx = sqlx::Connection::begin_with(&mut *conn, WRITE_TX).await?;
-        // Only while the message exists (it may have been expunged meanwhile).
-        sqlx::query("INSERT OR REPLACE INTO message_meta (mailbox_id, uid, meta) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2)")
-            .bind(mailbox_id)
-            .bind(i64::from(uid))
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT OR REPLACE INTO message_envelope (mailbox_id, uid, envelope) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2)")
-            .bind(mailbox_id)
-            .bind(i64::from(uid))
-            .bind(envelope)
-            .execute(&mut *tx)
-            .await?;
+        for (mailbox_id, uid, sealed, envelope) in metas {
+            // Only while the message exists (it may have been expunged meanwhile).
+            sqlx::query("INSERT OR REPLACE INTO message_meta (mailbox_id, uid, meta) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2)")
+                .bind(mailbox_id)
+                .bind(i64::from(uid))
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT OR REPLACE INTO message_envelope (mailbox_id, uid, envelope) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ?1 AND uid = ?2)")
+                .bind(mailbox_id)
+                .bind(i64::from(uid))
+                .bind(envelope)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -7,6 +7,7 @@ mod messages;
 mod meta;
 pub mod pop3;
 
+pub use listing::changes_between;
 pub use mailbox::MailboxInfo;
 pub use messages::{FlagOp, FlagUpdate, MsgRow, NewAppend};
 pub use meta::MetaBytes;
@@ -93,6 +94,11 @@ pub struct MailStore {
     listings: std::sync::Arc<listing::Listings>,
     /// Counts the changes announced so far (see [`MailStore::generation`]).
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Taken by the frequent small writes of reading sessions (flags, the
+    /// metadata cache) around their transaction: they queue here instead of
+    /// in SQLite's busy handler, which sleeps (1, 2, 5, 10 ms ...) between
+    /// tries, and a flag change is announced before the next one commits.
+    relaxed_writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MailStore {
@@ -129,6 +135,7 @@ impl MailStore {
             changes,
             listings: Default::default(),
             generation: Default::default(),
+            relaxed_writes: Default::default(),
         };
         store.create_default_mailboxes().await?;
         Ok(store)
@@ -179,12 +186,16 @@ impl MailStore {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Announces a committed change (call after the commit).
-    pub(crate) fn notify(&self, mailbox_id: i64) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// Announces a committed change (call after the commit); gives the new
+    /// generation.
+    pub(crate) fn notify(&self, mailbox_id: i64) -> u64 {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         // No receiver is fine: nobody is looking.
         let _ = self.changes.send(Change { mailbox_id });
+        generation
     }
 
     /// Stores a delivery in INBOX unless its id was stored before. `data` must

@@ -5,11 +5,11 @@
 
 use super::mailboxes::Reply;
 use super::{code, Flow, Handler, No};
-use crate::imap::cache::{keep, render};
+use crate::imap::cache::{keep_all, render};
 use crate::imap::convert::{body_structure, envelope, flags as fetch_flags, has_flag};
 use crate::imap::mime::Meta;
-use crate::imap::section;
 use crate::imap::session::{status, Session};
+use crate::imap::{section, wire};
 use crate::store::FlagOp;
 use imap_codec::imap_types::command::FetchModifier;
 use imap_codec::imap_types::core::{Literal, NString, NString8, Tag, Vec1};
@@ -27,6 +27,12 @@ use std::num::{NonZeroU32, NonZeroU64};
 /// Messages handled per step, and output after which a step yields.
 const CHUNK: usize = 200;
 const OUTPUT_HIGH_WATER: usize = 512 * 1024;
+/// Stored messages up to this size are decrypted on the session's own task
+/// (well under a millisecond): handing them to the crypto threads and back
+/// cost two thread wake-ups per fetch, more than the decryption of a typical
+/// message. Bigger ones go to the crypto threads, so a session never holds a
+/// runtime thread for long.
+const INLINE_RENDER: usize = 128 * 1024;
 
 pub struct FetchJob {
     tag: Tag<'static>,
@@ -318,9 +324,13 @@ impl Handler {
                 }
             }
         }
+        // The common items are written straight out (see `wire`).
+        let direct = job.items.iter().all(wire::handles);
+        // Metadata made here, cached in one commit at the end of the chunk.
+        let mut fresh: Vec<(i64, u32, Meta)> = Vec::new();
         for (i, &uid) in uids.iter().enumerate() {
             let Some(sel) = self.selected.as_ref() else {
-                return Ok(());
+                break;
             };
             let Ok(idx) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) else {
                 continue;
@@ -336,7 +346,7 @@ impl Handler {
                     metas[i] = cached.and_then(|b| Meta::from_bytes(&b, ciphertext));
                     if let (false, Some(meta)) = (want_body, metas[i].as_ref()) {
                         // Cached, but not its envelope apart: now it is.
-                        keep(&self.ctx.store, mailbox_id, uid, meta).await?;
+                        fresh.push((mailbox_id, uid, meta.clone()));
                     }
                 }
                 let need_meta = metas[i].is_none();
@@ -345,36 +355,67 @@ impl Handler {
                     let known = metas[i]
                         .as_ref()
                         .and_then(|m| MessageKey::from_bytes(&m.key));
-                    let view = self.ctx.view.clone();
-                    let done = self
-                        .ctx
-                        .view
-                        .blocking(move || {
-                            render(&view, &stored, known.as_ref(), need_meta, ciphertext)
-                        })
-                        .await;
+                    let done = if stored.len() <= INLINE_RENDER {
+                        Some(render(
+                            &self.ctx.view,
+                            &stored,
+                            known.as_ref(),
+                            need_meta,
+                            ciphertext,
+                        ))
+                    } else {
+                        let view = self.ctx.view.clone();
+                        self.ctx
+                            .view
+                            .blocking(move || {
+                                render(&view, &stored, known.as_ref(), need_meta, ciphertext)
+                            })
+                            .await
+                    };
                     let Some((rendered, meta)) = done else {
                         continue;
                     };
                     if let Some(meta) = meta {
-                        keep(&self.ctx.store, mailbox_id, uid, &meta).await?;
+                        fresh.push((mailbox_id, uid, meta.clone()));
                         metas[i] = Some(meta);
                     }
                     body = Some(rendered);
                 }
             }
             let meta = metas[i].as_ref();
+            let flags_too =
+                job.seen_now.contains(&uid) && !job.items.contains(&MessageDataItemName::Flags);
+            if direct {
+                let seq = idx as u32 + 1;
+                wire::fetch(
+                    s.output(),
+                    seq,
+                    &job.items,
+                    &row,
+                    meta,
+                    body.as_deref(),
+                    flags_too,
+                );
+                continue;
+            }
             let mut out: Vec<MessageDataItem<'static>> = Vec::with_capacity(job.items.len() + 1);
             for item in &job.items {
                 if let Some(v) = self.item(item, &row, meta, body.as_deref()) {
                     out.push(v);
                 }
             }
-            if job.seen_now.contains(&uid) && !job.items.contains(&MessageDataItemName::Flags) {
+            if flags_too {
                 out.push(MessageDataItem::Flags(fetch_flags(&row.flags)));
             }
             if let (Some(seq), Ok(items)) = (NonZeroU32::new(idx as u32 + 1), Vec1::try_from(out)) {
                 s.send(&Response::Data(Data::Fetch { seq, items }));
+            }
+        }
+        if !fresh.is_empty() {
+            // The answers are out: a cache that cannot be written is made
+            // again next time.
+            if let Err(e) = keep_all(&self.ctx.store, &fresh).await {
+                tracing::warn!(error = %e, "cannot cache message metadata");
             }
         }
         Ok(())

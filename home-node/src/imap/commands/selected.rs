@@ -6,7 +6,7 @@ use super::mailboxes::{Fail, Reply};
 use super::{code, store_failure, Bad, Handler, No};
 use crate::imap::convert::{flags as fetch_flags, has_flag};
 use crate::imap::session::{Session, State};
-use crate::store::{MailboxInfo, MsgRow};
+use crate::store::{changes_between, MailboxInfo, MsgRow};
 use imap_codec::imap_types::command::{CommandBody, SelectParameter, StoreModifier};
 use imap_codec::imap_types::core::{Tag, Vec1};
 use imap_codec::imap_types::extensions::uidplus::{UidElement, UidSet};
@@ -171,7 +171,7 @@ impl Handler {
         let msgs = self
             .ctx
             .store
-            .listing(&mb)
+            .listing(&mb, generation)
             .await
             .map_err(|e| store_failure(&e))?;
         // HIGHESTMODSEQ was read before the snapshot: changes in between come
@@ -242,21 +242,39 @@ impl Handler {
         if generation == sel.generation {
             return;
         }
-        let Ok(Some(mb)) = self.ctx.store.mailbox_by_id(sel.mailbox.id).await else {
-            return;
-        };
-        if mb.highestmodseq <= sel.modseq {
-            sel.generation = generation;
-            return;
-        }
-        let Ok((changed, gone)) = self
-            .ctx
-            .store
-            .changes_since(sel.mailbox.id, sel.modseq)
-            .await
-        else {
-            return;
-        };
+        // The folder's shared listing, when it is known to be current (flag
+        // changes made here keep it so), tells what changed without the
+        // three queries below: with ten apps opening messages (each BODY[]
+        // sets \Seen), every command of every session had to make them.
+        let (highest, changed, gone) =
+            match self.ctx.store.current_listing(sel.mailbox.id, generation) {
+                Some((rows, highest)) => {
+                    if highest <= sel.modseq {
+                        sel.generation = generation;
+                        return;
+                    }
+                    let (changed, gone) = changes_between(&sel.msgs, &rows, sel.modseq);
+                    (highest, changed, gone)
+                }
+                None => {
+                    let Ok(Some(mb)) = self.ctx.store.mailbox_by_id(sel.mailbox.id).await else {
+                        return;
+                    };
+                    if mb.highestmodseq <= sel.modseq {
+                        sel.generation = generation;
+                        return;
+                    }
+                    let Ok((changed, gone)) = self
+                        .ctx
+                        .store
+                        .changes_since(sel.mailbox.id, sel.modseq)
+                        .await
+                    else {
+                        return;
+                    };
+                    (mb.highestmodseq, changed, gone)
+                }
+            };
         let gone: Vec<u32> = gone
             .into_iter()
             .filter(|u| sel.index_of(*u).is_some())
@@ -300,7 +318,7 @@ impl Handler {
             s.send(&Response::Data(Data::Exists(sel.msgs.len() as u32)));
         }
         if !held_back {
-            sel.modseq = mb.highestmodseq;
+            sel.modseq = highest;
             sel.generation = generation;
         }
     }
