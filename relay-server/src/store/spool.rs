@@ -4,6 +4,7 @@ use super::{SpoolEntry, Store, StoreError, WriteOp};
 use omb_shared::types::QueueId;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -199,56 +200,97 @@ pub(super) async fn checkpoint_loop(pool: AnyPool, committed: Arc<Notify>) {
     }
 }
 
-/// One transaction for a batch; returns, in order, how many rows each delete removed.
+/// Rows per statement (PostgreSQL allows 65,535 bound values, SQLite 32,766).
+const MAX_ROWS: usize = 256;
+
+/// `($first, …, $first+width-1)` for `rows` rows, comma-separated.
+fn value_rows(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (0..width)
+                .map(|c| format!("${}", first + r * width + c))
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One transaction for a batch; returns, in order, how many rows each delete
+/// removed. A few statements for the whole batch, not two per message: each
+/// statement is a round trip to the database (to SQLite's connection thread).
 async fn write_batch(pool: &AnyPool, ops: &[WriteOp]) -> Result<Vec<usize>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Bytes added (inserts) and removed (deletes) per account, applied once.
+    let mut bytes: BTreeMap<&str, i64> = BTreeMap::new();
+    let inserts: Vec<&Arc<SpoolEntry>> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Insert(entries, _) => Some(entries),
+            WriteOp::Delete(..) => None,
+        })
+        .flatten()
+        .collect();
+    for chunk in inserts.chunks(MAX_ROWS) {
+        let sql = format!(
+            "INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES {}",
+            value_rows(chunk.len(), 9, 1)
+        );
+        // Only placeholders are built into the text; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            query = query
+                .bind(e.id.as_str())
+                .bind(&e.handle)
+                .bind(&e.mail_from)
+                .bind(e.rcpt_to.join(","))
+                .bind(e.data.len() as i64)
+                .bind(e.received_at)
+                .bind(i64::from(e.relay_encrypted))
+                .bind(&e.data[..])
+                .bind(e.plain_size);
+            *bytes.entry(&e.handle).or_default() += e.data.len() as i64;
+        }
+        query.execute(&mut *tx).await?;
+    }
     let mut deleted = Vec::new();
     for op in ops {
-        match op {
-            WriteOp::Insert(entries, _) => {
-                for e in entries {
-                    sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-                        .bind(e.id.as_str())
-                        .bind(&e.handle)
-                        .bind(&e.mail_from)
-                        .bind(e.rcpt_to.join(","))
-                        .bind(e.data.len() as i64)
-                        .bind(e.received_at)
-                        .bind(i64::from(e.relay_encrypted))
-                        .bind(&e.data[..])
-                        .bind(e.plain_size)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query("INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes")
-                        .bind(&e.handle)
-                        .bind(e.data.len() as i64)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        let WriteOp::Delete(handle, ids, _) = op else {
+            continue;
+        };
+        let mut n = 0;
+        for chunk in ids.chunks(MAX_ROWS) {
+            let sql = format!(
+                "DELETE FROM spool WHERE handle = $1 AND id IN ({}) RETURNING size",
+                (0..chunk.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(handle);
+            for id in chunk {
+                query = query.bind(id);
             }
-            WriteOp::Delete(handle, ids, _) => {
-                let mut n = 0;
-                for id in ids {
-                    let gone = sqlx::query(
-                        "DELETE FROM spool WHERE id = $1 AND handle = $2 RETURNING size",
-                    )
-                    .bind(id)
-                    .bind(handle)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(row) = gone {
-                        let size: i64 = row.try_get(0)?;
-                        sqlx::query("UPDATE spool_bytes SET bytes = bytes - $1 WHERE handle = $2")
-                            .bind(size)
-                            .bind(handle)
-                            .execute(&mut *tx)
-                            .await?;
-                        n += 1;
-                    }
-                }
-                deleted.push(n);
+            for row in query.fetch_all(&mut *tx).await? {
+                let size: i64 = row.try_get(0)?;
+                *bytes.entry(handle).or_default() -= size;
+                n += 1;
             }
         }
+        deleted.push(n);
+    }
+    for (handle, change) in bytes {
+        // A row exists once anything was spooled for the account.
+        let sql = match change.signum() {
+            1 => "INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes",
+            -1 => "UPDATE spool_bytes SET bytes = bytes + $2 WHERE handle = $1",
+            _ => continue,
+        };
+        sqlx::query(sql)
+            .bind(handle)
+            .bind(change)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(deleted)
