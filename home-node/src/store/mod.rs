@@ -122,6 +122,9 @@ impl MailStore {
         .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // An embedded connection does not go stale: no ping (a round trip
+            // to its thread) before every query.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;

@@ -137,6 +137,9 @@ impl Store {
         let is_sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 4 } else { 16 })
+            // An embedded SQLite connection does not go stale: no ping (a round
+            // trip to its thread) before every query. PostgreSQL's may drop.
+            .test_before_acquire(!is_sqlite)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
