@@ -91,6 +91,7 @@ impl MailStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        let _gate = self.write_gate.lock().await;
         let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let mut seen: HashSet<String> = HashSet::new();
         for chunk in items.chunks(MAX_ROWS) {

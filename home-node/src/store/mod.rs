@@ -96,6 +96,11 @@ pub struct MailStore {
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// When deliveries were last committed; wakes the checkpoint task.
     delivery: std::sync::Arc<delivery::DeliveryActivity>,
+    /// Taken by deliveries and by relaxed writes (flags, the metadata cache)
+    /// for their transaction: they queue here in turn instead of meeting on
+    /// SQLite's write lock, whose busy handler sleeps (1, 2, 5, 10 ms, …) and
+    /// retries; a delivery waiting for its ack paid those sleeps.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MailStore {
@@ -137,6 +142,7 @@ impl MailStore {
             listings: Default::default(),
             generation: Default::default(),
             delivery: Default::default(),
+            write_gate: Default::default(),
         };
         tokio::spawn(delivery::checkpoint_loop(
             store.pool.clone(),
@@ -205,12 +211,13 @@ impl MailStore {
     /// next checkpoint or durable commit), for what may be lost in a power
     /// cut: flags and the metadata cache, never a message. Hand it back with
     /// [`durable_again`].
-    pub(crate) async fn relaxed(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+    pub(crate) async fn relaxed(&self) -> Result<Relaxed, StoreError> {
+        let gate = self.write_gate.clone().lock_owned().await;
         let mut conn = self.pool.acquire().await?;
         sqlx::query("PRAGMA synchronous = NORMAL")
             .execute(&mut *conn)
             .await?;
-        Ok(conn)
+        Ok(Relaxed { conn, _gate: gate })
     }
 
     async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {
@@ -270,9 +277,31 @@ impl MailStore {
     }
 }
 
+/// A connection from [`MailStore::relaxed`], holding the store's write gate
+/// (see `MailStore::write_gate`) until [`durable_again`] hands it back.
+pub(crate) struct Relaxed {
+    conn: PoolConnection<Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for Relaxed {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Relaxed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
 /// Makes a connection from [`MailStore::relaxed`] durable again before the
-/// pool hands it to a delivery (or closes it when that fails).
-pub(crate) async fn durable_again(mut conn: PoolConnection<Sqlite>) {
+/// pool hands it to a delivery (or closes it when that fails), and opens the
+/// write gate.
+pub(crate) async fn durable_again(relaxed: Relaxed) {
+    let Relaxed { mut conn, _gate } = relaxed;
     let restored = sqlx::query("PRAGMA synchronous = FULL")
         .execute(&mut *conn)
         .await;
