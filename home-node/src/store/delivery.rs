@@ -215,3 +215,63 @@ pub(super) async fn checkpoint_loop(pool: SqlitePool, activity: std::sync::Arc<D
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, data: &[u8]) -> NewDelivery {
+        NewDelivery {
+            id: id.to_string(),
+            internaldate: 1,
+            size: data.len() as i64,
+            data: data.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_keeps_its_order_and_drops_every_duplicate() {
+        let dir = std::env::temp_dir().join(format!("omb-delivery-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = MailStore::open(&dir).await.unwrap();
+        assert_eq!(
+            store.deliver("q1", 1, 1, b"a").await.unwrap(),
+            Stored::New { uid: 1 }
+        );
+        let batch = [
+            item("q2", b"b"),
+            item("q1", b"a"),
+            item("q3", b"c"),
+            item("q2", b"b"),
+            item("q4", b"d"),
+        ];
+        let stored = store.deliver_batch(&batch).await.unwrap();
+        assert_eq!(
+            stored,
+            vec![
+                Stored::New { uid: 2 },
+                Stored::Duplicate,
+                Stored::New { uid: 3 },
+                Stored::Duplicate,
+                Stored::New { uid: 4 },
+            ]
+        );
+        let list = store.list("INBOX").await.unwrap();
+        let ids: Vec<_> = list
+            .iter()
+            .map(|m| m.delivery_id.clone().unwrap())
+            .collect();
+        assert_eq!(ids, ["q1", "q2", "q3", "q4"]);
+        // Each new message has a mod-sequence of its own, ascending with its UID.
+        assert!(list.windows(2).all(|w| w[1].modseq == w[0].modseq + 1));
+        assert_eq!(store.raw("INBOX", 3).await.unwrap().unwrap(), b"c");
+        let inbox = store.mailbox("INBOX").await.unwrap().unwrap();
+        assert_eq!(inbox.uidnext, 5);
+        // All seen before: nothing changes.
+        let again = store.deliver_batch(&batch[..2]).await.unwrap();
+        assert_eq!(again, vec![Stored::Duplicate, Stored::Duplicate]);
+        assert_eq!(store.count("INBOX").await.unwrap(), 4);
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
