@@ -147,6 +147,7 @@ impl MailStore {
         tokio::spawn(delivery::checkpoint_loop(
             store.pool.clone(),
             store.delivery.clone(),
+            store.write_gate.clone(),
         ));
         store.create_default_mailboxes().await?;
         Ok(store)

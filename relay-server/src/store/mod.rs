@@ -158,9 +158,16 @@ impl Store {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let (writer, rx) = mpsc::channel(1024);
         let committed = Arc::new(Notify::new());
-        tokio::spawn(spool::write_loop(pool.clone(), rx, committed.clone()));
+        // The spool writer and the checkpoints take turns (see `checkpoint_loop`).
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(spool::write_loop(
+            pool.clone(),
+            rx,
+            committed.clone(),
+            turn.clone(),
+        ));
         if is_sqlite {
-            tokio::spawn(spool::checkpoint_loop(pool.clone(), committed));
+            tokio::spawn(spool::checkpoint_loop(pool.clone(), committed, turn));
         }
         let (dns_changes, _) = tokio::sync::broadcast::channel(1024);
         let (account_changes, _) = tokio::sync::broadcast::channel(256);
