@@ -9,13 +9,14 @@ use crate::keys::Keys;
 use crate::store::{MailStore, NewDelivery, Stored};
 use omb_shared::pgp;
 use omb_shared::protocol::{
-    read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PublishKind, Submission,
-    SubmitOutcome, PROTOCOL_VERSION,
+    encode, read_frame, write_frame, Delivery, Frame, FrameDecoder, ProtocolError, PublishKind,
+    Submission, SubmitOutcome, PROTOCOL_VERSION,
 };
 use omb_shared::transport::{Connector, TunnelStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -262,12 +263,22 @@ impl<C: Connector> TunnelClient<C> {
                             // Test hook: die between the durable store and the ack.
                             std::process::abort();
                         }
-                        for (id, stored) in ids.iter().zip(&stored) {
-                            if let Err(e) =
-                                write_frame(&mut send, &Frame::Ack { id: id.clone() }).await
-                            {
-                                return retry(e);
+                        // Every ack of the batch in one write to the stream.
+                        let mut acks = Vec::with_capacity(ids.len() * 40);
+                        for id in &ids {
+                            match encode(&Frame::Ack { id: id.clone() }) {
+                                Ok(bytes) => acks.extend_from_slice(&bytes),
+                                Err(e) => return retry(e),
                             }
+                        }
+                        let written = async {
+                            send.write_all(&acks).await?;
+                            send.flush().await
+                        };
+                        if let Err(e) = written.await {
+                            return retry(e.into());
+                        }
+                        for (id, stored) in ids.iter().zip(&stored) {
                             info!(queue_id = %id, ?stored, "delivery stored");
                         }
                     }
@@ -324,14 +335,25 @@ impl<C: Connector> TunnelClient<C> {
     /// Checks and stores deliveries; only ciphertext ever reaches the disk.
     /// Decryption checks run in parallel on the blocking pool.
     async fn store_deliveries(&self, deliveries: Vec<Delivery>) -> anyhow::Result<Vec<Stored>> {
-        let mut jobs = Vec::with_capacity(deliveries.len());
+        let mut items = Vec::with_capacity(deliveries.len());
+        let mut jobs = Vec::new();
         for d in deliveries {
+            if d.relay_encrypted && d.plain_size > 0 {
+                // The relay told us the size; decryption waits for a reader, and
+                // there is nothing to hand to the blocking pool.
+                let size = d.plain_size as i64;
+                items.push(Ok(NewDelivery {
+                    id: d.id,
+                    internaldate: d.received_at,
+                    size,
+                    data: d.data,
+                }));
+                continue;
+            }
             let keys = self.keys.clone();
+            items.push(Err(jobs.len()));
             jobs.push(tokio::task::spawn_blocking(move || -> anyhow::Result<NewDelivery> {
-                let (data, size) = if d.relay_encrypted && d.plain_size > 0 {
-                    // The relay told us the size; decryption waits for a reader.
-                    (d.data, d.plain_size as i64)
-                } else if d.relay_encrypted {
+                let (data, size) = if d.relay_encrypted {
                     // Decrypt once to learn the size (and to know it is readable).
                     // Mail this key can't read is kept all the same, never dropped.
                     match pgp::decrypt_message(&keys.openpgp, &d.data) {
@@ -350,10 +372,21 @@ impl<C: Connector> TunnelClient<C> {
                 Ok(NewDelivery { id: d.id, internaldate: d.received_at, size, data })
             }));
         }
-        let mut items = Vec::with_capacity(jobs.len());
+        let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
-            items.push(job.await??);
+            done.push(Some(job.await??));
         }
+        // In the order the relay sent them (UIDs follow it).
+        let items = items
+            .into_iter()
+            .map(|item| match item {
+                Ok(ready) => Ok(ready),
+                Err(i) => done
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .ok_or_else(|| anyhow::anyhow!("a checked delivery went missing")),
+            })
+            .collect::<anyhow::Result<Vec<NewDelivery>>>()?;
         Ok(self.store.deliver_batch(&items).await?)
     }
 }

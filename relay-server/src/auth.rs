@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -19,9 +20,13 @@ use mail_auth::hickory_resolver::net::NetError;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcOutput, DmarcResult, DnsError,
-    MessageAuthenticator, SpfOutput, SpfResult,
+    MessageAuthenticator, Parameters, SpfOutput, SpfResult,
 };
 use tokio::time::{timeout_at, Instant};
+
+#[path = "auth_failures.rs"]
+mod failures;
+use failures::FailureCache;
 
 /// Longest time one `authentication_results` call may take, all DNS lookups included.
 const TIME_BUDGET: Duration = Duration::from_secs(5);
@@ -65,6 +70,8 @@ pub struct Authenticator {
     nameserver: SocketAddr,
     hostname: String,
     budget: Duration,
+    /// TXT names whose lookup failed moments ago (RFC 9520).
+    failures: Arc<FailureCache>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -129,6 +136,7 @@ impl Authenticator {
             nameserver,
             hostname: hostname.to_ascii_lowercase(),
             budget,
+            failures: Arc::default(),
         })
     }
 
@@ -202,8 +210,14 @@ impl Authenticator {
         };
 
         let spf_check = async {
-            match timeout_at(checks_deadline, self.resolver.verify_spf(spf_params)).await {
-                Ok(output) => output,
+            let lookups = self.failures.lookups();
+            let params = Parameters::new(spf_params).with_txt_cache(&lookups);
+            let checked = timeout_at(checks_deadline, self.resolver.verify_spf(params)).await;
+            match checked {
+                Ok(output) => {
+                    lookups.finish(output.result() == SpfResult::TempError);
+                    output
+                }
                 Err(_) => {
                     tracing::warn!(check = "spf", domain = spf_domain, "DNS time budget spent");
                     // RFC 7208 §2.6.6: a transient DNS error is a temperror.
@@ -237,9 +251,19 @@ impl Authenticator {
         // the MAIL FROM domain, or the HELO domain when MAIL FROM is null.
         let dmarc = match parsed.as_ref() {
             Some(message) => {
-                let params = DmarcParameters::new(message, &dkim, spf_domain, &spf);
+                let lookups = self.failures.lookups();
+                let params =
+                    Parameters::new(DmarcParameters::new(message, &dkim, spf_domain, &spf))
+                        .with_txt_cache(&lookups);
                 match timeout_at(deadline, self.resolver.verify_dmarc(params)).await {
-                    Ok(output) => Some(output),
+                    Ok(output) => {
+                        // The record walk failed (every other temperror comes
+                        // with the record found).
+                        let walk_failed = output.dmarc_record().is_none()
+                            && matches!(output.dkim_result(), DmarcResult::TempError(_));
+                        lookups.finish(walk_failed);
+                        Some(output)
+                    }
                     Err(_) => {
                         tracing::warn!(check = "dmarc", "DNS time budget spent");
                         // RFC 7489 §6.6.3: a transient failure to fetch the policy

@@ -4,6 +4,7 @@ use super::*;
 
 use std::collections::HashMap;
 use std::error::Error;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
@@ -329,5 +330,62 @@ async fn hostile_envelope_cannot_break_the_header() -> TestResult {
     .await?;
     assert_shape(&header);
     assert!(!header.contains("\r\nX-Injected"), "{header}");
+    Ok(())
+}
+
+/// A DNS server on loopback UDP that answers every query REFUSED, and counts them.
+async fn refusing_dns() -> Result<(SocketAddr, Arc<AtomicUsize>), Box<dyn Error>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let address = socket.local_addr()?;
+    let queries = Arc::new(AtomicUsize::new(0));
+    let counted = queries.clone();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
+                return;
+            };
+            let Some(Ok(query)) = buffer.get(..len).map(Message::from_vec) else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+            for question in &query.queries {
+                response.add_query(question.clone());
+            }
+            response.metadata.response_code = ResponseCode::Refused;
+            if let Ok(bytes) = response.to_vec() {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    Ok((address, queries))
+}
+
+#[tokio::test]
+async fn a_refused_lookup_is_not_repeated_for_the_next_message() -> TestResult {
+    // RFC 9520: resolution failures are cached; the next message gets the
+    // same temperror without asking again.
+    let (address, queries) = refusing_dns().await?;
+    let authenticator = Authenticator::new(address, "relay.test")?;
+    let ip: IpAddr = SENDER_IP.parse()?;
+    let check = || {
+        authenticator.authentication_results(
+            ip,
+            "mail.example.org",
+            "alice@example.org",
+            MESSAGE.as_bytes(),
+        )
+    };
+    let first = check().await;
+    assert!(first.contains("spf=temperror"), "{first}");
+    assert!(first.contains("dmarc=temperror"), "{first}");
+    let asked = queries.load(Ordering::SeqCst);
+    assert!(asked > 0);
+    let second = check().await;
+    assert!(second.contains("spf=temperror"), "{second}");
+    assert!(second.contains("dkim=none"), "{second}");
+    assert!(second.contains("dmarc=temperror"), "{second}");
+    assert_eq!(queries.load(Ordering::SeqCst), asked, "{second}");
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod splice;
 pub mod tls;
 pub mod transport;
 pub mod types;
+mod wire_bytes;
 
 /// Sets up the programs' logs: to standard error, filtered by `OMB_LOG` (e.g.
 /// `info`, `omb_relay=debug`), coloured only on a terminal. Also calls

@@ -198,6 +198,7 @@ pub struct Delivery {
     /// The size of the message as the node will read it (decrypted), so the
     /// node needn't decrypt to learn it (IMAP's RFC822.SIZE).
     pub plain_size: u64,
+    #[serde(with = "crate::wire_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -313,21 +314,29 @@ fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtocolErro
     Ok(frame)
 }
 
+/// How much [`read_frame`] reads at most at once.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Reads one frame; `Err(Closed)` on a clean end of stream between frames.
+/// Cancel-safe: bytes read stay in `dec`, so dropping the future (in a
+/// `select!`) loses nothing.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     dec: &mut FrameDecoder,
 ) -> Result<Frame, ProtocolError> {
-    let mut chunk = vec![0u8; 64 * 1024];
     loop {
         if let Some(frame) = dec.next_frame()? {
             return Ok(frame);
         }
-        let n = r.read(&mut chunk).await?;
+        // Straight into the decoder's buffer: no zeroed 64 KiB chunk per call
+        // (the node takes a burst of deliveries frame by frame).
+        if dec.buf.capacity() - dec.buf.len() < READ_CHUNK / 4 {
+            dec.buf.reserve(READ_CHUNK);
+        }
+        let n = r.read_buf(&mut dec.buf).await?;
         if n == 0 {
             return Err(ProtocolError::Closed);
         }
-        dec.push(&chunk[..n]);
     }
 }
 

@@ -9,6 +9,10 @@ use omb_shared::pgp::MessageKey;
 use std::time::Duration;
 
 const BATCH: i64 = 64;
+/// Filling waits for this long a pause in deliveries: it decrypts every new
+/// message and writes to the store, and the deliveries it would slow down
+/// are waiting for their ack (FETCH fills what it misses itself).
+const DELIVERY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Runs for ever: after start and whenever messages were added, caches what
 /// is missing. Flag changes (ten apps opening messages make hundreds a
@@ -32,6 +36,7 @@ pub async fn fill(ctx: AccessContext) {
         // Let a burst of deliveries settle, and take every change announced
         // meanwhile as one.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        ctx.store.deliveries_paused(DELIVERY_PAUSE).await;
         while let Ok(_) | Err(TryRecvError::Lagged(_)) = changes.try_recv() {}
     }
 }
@@ -53,6 +58,8 @@ async fn fill_missing(ctx: &AccessContext) {
         if missing.is_empty() {
             return;
         }
+        // Deliveries first: fill only once they pause.
+        ctx.store.deliveries_paused(DELIVERY_PAUSE).await;
         let made: Vec<(i64, u32, Meta)> = futures_util::stream::iter(missing)
             .map(|(mailbox_id, uid)| async move {
                 let stored = ctx.store.data(mailbox_id, uid).await.ok()??;

@@ -272,6 +272,8 @@ impl MailStore {
             .map(|i| i.meta.as_ref().and_then(|m| self.seal_metas(m)))
             .collect();
         let n = items.len() as i64;
+        // In turn with deliveries and relaxed writes (see `write_gate`).
+        let _gate = self.write_gate.lock().await;
         let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let r = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + ?2, highestmodseq = highestmodseq + ?2 WHERE id = ?1 AND noselect = 0 RETURNING uidnext - ?2, uidvalidity, highestmodseq - ?2")
             .bind(mailbox_id)
@@ -335,7 +337,6 @@ impl MailStore {
         flags: &[String],
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate, StoreError> {
-        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let out = self
             .set_flags_on(&mut conn, mailbox_id, uids, op, flags, unchanged_since)

@@ -171,7 +171,6 @@ impl MailStore {
             return Ok(());
         };
         // A cache entry lost in a power cut is made again: no fsync for it.
-        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let done = Self::insert_meta(&mut conn, mailbox_id, uid, sealed, envelope).await;
         super::durable_again(conn).await;
@@ -192,7 +191,6 @@ impl MailStore {
         if sealed.is_empty() {
             return Ok(());
         }
-        let _writing = self.relaxed_writes.lock().await;
         let mut conn = self.relaxed().await?;
         let done = Self::insert_metas(&mut conn, sealed).await;
         super::durable_again(conn).await;

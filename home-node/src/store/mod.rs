@@ -1,6 +1,7 @@
 //! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
+mod delivery;
 mod listing;
 pub mod mailbox;
 mod messages;
@@ -94,11 +95,13 @@ pub struct MailStore {
     listings: std::sync::Arc<listing::Listings>,
     /// Counts the changes announced so far (see [`MailStore::generation`]).
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Taken by the frequent small writes of reading sessions (flags, the
-    /// metadata cache) around their transaction: they queue here instead of
-    /// in SQLite's busy handler, which sleeps (1, 2, 5, 10 ms ...) between
-    /// tries, and a flag change is announced before the next one commits.
-    relaxed_writes: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// When deliveries were last committed; wakes the checkpoint task.
+    delivery: std::sync::Arc<delivery::DeliveryActivity>,
+    /// Taken by deliveries and by relaxed writes (flags, the metadata cache)
+    /// for their transaction: they queue here in turn instead of meeting on
+    /// SQLite's write lock, whose busy handler sleeps (1, 2, 5, 10 ms, …) and
+    /// retries; a delivery waiting for its ack paid those sleeps.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MailStore {
@@ -118,7 +121,11 @@ impl MailStore {
         // node's memory target is 50 MiB on a Pi, the hot data (folder
         // listings) is held by the store itself, and the kernel caches the
         // file anyway.
-        .pragma("cache_size", "-1024");
+        .pragma("cache_size", "-1024")
+        // Checkpoints run in their own task (`delivery::checkpoint_loop`),
+        // not inside the delivery commit that crosses the WAL threshold.
+        .pragma("wal_autocheckpoint", "0")
+        .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // An embedded connection does not go stale: no ping (a round trip
@@ -135,8 +142,14 @@ impl MailStore {
             changes,
             listings: Default::default(),
             generation: Default::default(),
-            relaxed_writes: Default::default(),
+            delivery: Default::default(),
+            write_gate: Default::default(),
         };
+        tokio::spawn(delivery::checkpoint_loop(
+            store.pool.clone(),
+            store.delivery.clone(),
+            store.write_gate.clone(),
+        ));
         store.create_default_mailboxes().await?;
         Ok(store)
     }
@@ -193,68 +206,10 @@ impl MailStore {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
+        self.delivery.changed();
         // No receiver is fine: nobody is looking.
         let _ = self.changes.send(Change { mailbox_id });
         generation
-    }
-
-    /// Stores a delivery in INBOX unless its id was stored before. `data` must
-    /// already be ciphertext.
-    pub async fn deliver(
-        &self,
-        delivery_id: &str,
-        internaldate: i64,
-        size: i64,
-        data: &[u8],
-    ) -> Result<Stored, StoreError> {
-        let item = NewDelivery {
-            id: delivery_id.to_string(),
-            internaldate,
-            size,
-            data: data.to_vec(),
-        };
-        let stored = self.deliver_batch(std::slice::from_ref(&item)).await?;
-        Ok(stored.first().copied().unwrap_or(Stored::Duplicate))
-    }
-
-    /// Stores several deliveries in one transaction (one fsync for the lot),
-    /// dropping those seen before; results are in the order given.
-    pub async fn deliver_batch(&self, items: &[NewDelivery]) -> Result<Vec<Stored>, StoreError> {
-        let mut tx = self.pool.begin_with(WRITE_TX).await?;
-        let mut out = Vec::with_capacity(items.len());
-        let mut inbox = None;
-        for item in items {
-            let seen = sqlx::query("SELECT 1 FROM messages WHERE delivery_id = ?1")
-                .bind(&item.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if seen.is_some() {
-                out.push(Stored::Duplicate);
-                continue;
-            }
-            let row = sqlx::query("UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 WHERE name = 'INBOX' RETURNING id, uidnext - 1, highestmodseq")
-                .fetch_one(&mut *tx)
-                .await?;
-            let (mailbox_id, uid, modseq): (i64, i64, i64) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            sqlx::query("INSERT INTO messages (mailbox_id, uid, delivery_id, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7)")
-                .bind(mailbox_id)
-                .bind(uid)
-                .bind(&item.id)
-                .bind(item.internaldate)
-                .bind(item.size)
-                .bind(modseq)
-                .bind(&item.data)
-                .execute(&mut *tx)
-                .await?;
-            out.push(Stored::New { uid: uid as u32 });
-            inbox = Some(mailbox_id);
-        }
-        tx.commit().await?;
-        if let Some(id) = inbox {
-            self.notify(id);
-        }
-        Ok(out)
     }
 
     /// A connection whose commits skip the fsync (`synchronous = NORMAL`;
@@ -262,12 +217,13 @@ impl MailStore {
     /// next checkpoint or durable commit), for what may be lost in a power
     /// cut: flags and the metadata cache, never a message. Hand it back with
     /// [`durable_again`].
-    pub(crate) async fn relaxed(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+    pub(crate) async fn relaxed(&self) -> Result<Relaxed, StoreError> {
+        let gate = self.write_gate.clone().lock_owned().await;
         let mut conn = self.pool.acquire().await?;
         sqlx::query("PRAGMA synchronous = NORMAL")
             .execute(&mut *conn)
             .await?;
-        Ok(conn)
+        Ok(Relaxed { conn, _gate: gate })
     }
 
     async fn mailbox_id(&self, name: &str) -> Result<i64, StoreError> {
@@ -327,9 +283,31 @@ impl MailStore {
     }
 }
 
+/// A connection from [`MailStore::relaxed`], holding the store's write gate
+/// (see `MailStore::write_gate`) until [`durable_again`] hands it back.
+pub(crate) struct Relaxed {
+    conn: PoolConnection<Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for Relaxed {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Relaxed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
 /// Makes a connection from [`MailStore::relaxed`] durable again before the
-/// pool hands it to a delivery (or closes it when that fails).
-pub(crate) async fn durable_again(mut conn: PoolConnection<Sqlite>) {
+/// pool hands it to a delivery (or closes it when that fails), and opens the
+/// write gate.
+pub(crate) async fn durable_again(relaxed: Relaxed) {
+    let Relaxed { mut conn, _gate } = relaxed;
     let restored = sqlx::query("PRAGMA synchronous = FULL")
         .execute(&mut *conn)
         .await;

@@ -121,6 +121,24 @@ pub fn with_database(url: &str, database: &str) -> String {
     format!("{}/{database}{query}", &base[..authority_end])
 }
 
+/// Rows per multi-row statement (PostgreSQL takes 65,535 bound values,
+/// SQLite 32,766).
+const MAX_ROWS: usize = 256;
+
+/// `($first, …)` groups of `width` placeholders for `rows` rows,
+/// comma-separated: only placeholders go into the text, every value is bound.
+fn value_rows(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (0..width)
+                .map(|c| format!("${}", first + r * width + c))
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.trim().as_bytes()))
 }

@@ -3,7 +3,7 @@
 //! writer (`writer`).
 
 use super::writer::{WriteOp, Written};
-use super::{Store, StoreError};
+use super::{value_rows, Store, StoreError, MAX_ROWS};
 use omb_shared::types::QueueId;
 use sqlx::{Any, Row, Transaction};
 
@@ -138,23 +138,6 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()
     }
-}
-
-/// Rows per multi-row INSERT: PostgreSQL takes 65,535 bound values, SQLite
-/// 32,766; at most 6 per row here.
-const MAX_ROWS: usize = 256;
-
-/// `($first, …)` groups of `width` placeholders for `rows` rows.
-fn value_rows(rows: usize, width: usize, first: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cols: Vec<String> = (0..width)
-                .map(|c| format!("${}", first + r * width + c))
-                .collect();
-            format!("({})", cols.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Queues the messages `ms` in the writer's transaction `tx` (see `writer`)

@@ -2,10 +2,11 @@
 //! committing writer (`writer`).
 
 use super::writer::{WriteOp, Written};
-use super::{SpoolEntry, Store, StoreError};
+use super::{value_rows, SpoolEntry, Store, StoreError, MAX_ROWS};
 use omb_shared::types::QueueId;
 use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 impl Store {
@@ -122,58 +123,76 @@ impl Store {
     }
 }
 
-/// Writes `entries` in the writer's transaction `tx` (see `writer`).
-pub(super) async fn insert(
+/// Writes a batch's spool inserts and deletes in the writer's transaction
+/// `tx` (see `writer`), in a few statements for the lot, not two per message:
+/// each statement is a round trip to the database (to SQLite's connection
+/// thread). Returns, in order, how many rows each delete removed.
+pub(super) async fn write(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    entries: &[Arc<SpoolEntry>],
-) -> Result<(), sqlx::Error> {
-    for e in entries {
-        sqlx::query("INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(e.id.as_str())
-            .bind(&e.handle)
-            .bind(&e.mail_from)
-            .bind(e.rcpt_to.join(","))
-            .bind(e.data.len() as i64)
-            .bind(e.received_at)
-            .bind(i64::from(e.relay_encrypted))
-            .bind(&e.data[..])
-            .bind(e.plain_size)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes")
-            .bind(&e.handle)
-            .bind(e.data.len() as i64)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Deletes `handle`'s messages `ids` in the writer's transaction `tx`;
-/// returns how many were there.
-pub(super) async fn delete(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    handle: &str,
-    ids: &[String],
-) -> Result<usize, sqlx::Error> {
-    let mut n = 0;
-    for id in ids {
-        let gone = sqlx::query("DELETE FROM spool WHERE id = $1 AND handle = $2 RETURNING size")
-            .bind(id)
-            .bind(handle)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(row) = gone {
-            let size: i64 = row.try_get(0)?;
-            sqlx::query("UPDATE spool_bytes SET bytes = bytes - $1 WHERE handle = $2")
-                .bind(size)
-                .bind(handle)
-                .execute(&mut **tx)
-                .await?;
-            n += 1;
+    inserts: &[&Arc<SpoolEntry>],
+    deletes: &[(&str, &[String])],
+) -> Result<Vec<usize>, sqlx::Error> {
+    // Bytes added (inserts) and removed (deletes) per account, applied once.
+    let mut bytes: BTreeMap<&str, i64> = BTreeMap::new();
+    for chunk in inserts.chunks(MAX_ROWS) {
+        let sql = format!(
+            "INSERT INTO spool (id, handle, mail_from, rcpt_to, size, received_at, relay_encrypted, data, plain_size) VALUES {}",
+            value_rows(chunk.len(), 9, 1)
+        );
+        // Only placeholders are built into the text; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in chunk {
+            query = query
+                .bind(e.id.as_str())
+                .bind(&e.handle)
+                .bind(&e.mail_from)
+                .bind(e.rcpt_to.join(","))
+                .bind(e.data.len() as i64)
+                .bind(e.received_at)
+                .bind(i64::from(e.relay_encrypted))
+                .bind(&e.data[..])
+                .bind(e.plain_size);
+            *bytes.entry(&e.handle).or_default() += e.data.len() as i64;
         }
+        query.execute(&mut **tx).await?;
     }
-    Ok(n)
+    let mut deleted = Vec::with_capacity(deletes.len());
+    for (handle, ids) in deletes {
+        let mut n = 0;
+        for chunk in ids.chunks(MAX_ROWS) {
+            let sql = format!(
+                "DELETE FROM spool WHERE handle = $1 AND id IN ({}) RETURNING size",
+                (0..chunk.len())
+                    .map(|i| format!("${}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(*handle);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                let size: i64 = row.try_get(0)?;
+                *bytes.entry(handle).or_default() -= size;
+                n += 1;
+            }
+        }
+        deleted.push(n);
+    }
+    for (handle, change) in bytes {
+        // A row exists once anything was spooled for the account.
+        let sql = match change.signum() {
+            1 => "INSERT INTO spool_bytes (handle, bytes) VALUES ($1, $2) ON CONFLICT (handle) DO UPDATE SET bytes = spool_bytes.bytes + excluded.bytes",
+            -1 => "UPDATE spool_bytes SET bytes = bytes + $2 WHERE handle = $1",
+            _ => continue,
+        };
+        sqlx::query(sql)
+            .bind(handle)
+            .bind(change)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(deleted)
 }
 
 fn entry_from(row: &AnyRow, id: String) -> Result<SpoolEntry, StoreError> {
