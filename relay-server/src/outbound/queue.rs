@@ -22,6 +22,11 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Recipients claimed per look at the queue.
 const BATCH: i64 = 500;
 
+/// How long the worker waits after a look that found mail, before the next:
+/// nothing for mail that must not wait, enough for a pass to carry several
+/// messages down one connection when they stream in.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// Hosts by name (for TLS) and address.
 type Hosts = Vec<(String, SocketAddr)>;
 
@@ -42,6 +47,7 @@ impl Outbound {
         loop {
             match self.store.outbound_claim(BATCH, lease).await {
                 Ok(due) if !due.is_empty() => {
+                    let full = due.len() as i64 >= BATCH;
                     let mut by_domain: BTreeMap<String, Vec<DueRcpt>> = BTreeMap::new();
                     for d in due {
                         by_domain.entry(d.domain.clone()).or_default().push(d);
@@ -60,6 +66,13 @@ impl Outbound {
                             .instrument(span),
                         );
                     }
+                    // Under a steady stream, let a few more messages come
+                    // before the next look: one pass (one connection) then
+                    // carries several, instead of one each.
+                    if full {
+                        continue;
+                    }
+                    tokio::time::sleep(GATHER).await;
                     continue;
                 }
                 Ok(_) => {}
