@@ -304,19 +304,37 @@ pub(super) async fn done(
     tx: &mut Transaction<'_, Any>,
     done: &[(String, String)],
 ) -> Result<(), sqlx::Error> {
-    for (id, rcpt) in done {
-        sqlx::query("DELETE FROM outbound_rcpts WHERE id = $1 AND rcpt = $2")
-            .bind(id)
-            .bind(rcpt)
-            .execute(&mut **tx)
-            .await?;
+    // A few statements for the lot (row values: SQLite 3.15+, PostgreSQL).
+    for chunk in done.chunks(MAX_ROWS) {
+        let sql = format!(
+            "DELETE FROM outbound_rcpts WHERE (id, rcpt) IN (VALUES {})",
+            value_rows(chunk.len(), 2, 1)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, rcpt) in chunk {
+            q = q.bind(id).bind(rcpt);
+        }
+        q.execute(&mut **tx).await?;
     }
-    let ids: std::collections::BTreeSet<&String> = done.iter().map(|(id, _)| id).collect();
-    for id in ids {
-        sqlx::query("DELETE FROM outbound WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM outbound_rcpts WHERE id = $1)")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+    let ids: Vec<&String> = done
+        .iter()
+        .map(|(id, _)| id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in ids.chunks(MAX_ROWS) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "DELETE FROM outbound WHERE id IN ({list}) AND NOT EXISTS (SELECT 1 FROM outbound_rcpts r WHERE r.id = outbound.id)"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
