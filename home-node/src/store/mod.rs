@@ -1,6 +1,7 @@
 //! The node's mail store (SQLite): folders, UIDs, flags and mod-sequences for
 //! IMAP, with every message body kept as OpenPGP ciphertext to the node's key.
 
+mod append;
 mod delivery;
 mod listing;
 pub mod mailbox;
@@ -8,9 +9,10 @@ mod messages;
 mod meta;
 pub mod pop3;
 
+pub use append::NewAppend;
 pub use listing::changes_between;
 pub use mailbox::MailboxInfo;
-pub use messages::{FlagOp, FlagUpdate, MsgRow, NewAppend};
+pub use messages::{FlagOp, FlagUpdate, MsgRow};
 pub use meta::MetaBytes;
 
 use sqlx::pool::PoolConnection;
