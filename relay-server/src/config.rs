@@ -75,6 +75,9 @@ pub struct OutboundConfig {
     pub concurrency: usize,
     /// Seconds to connect to a destination and for each of its replies.
     pub timeout_secs: u64,
+    /// Seconds a connection that ended a delivery pass waits, idle, for the
+    /// next pass to the same host (0: a connection per pass).
+    pub connection_cache_secs: u64,
     /// Messages one account may submit per minute (a burst of this many,
     /// then one every 60/N seconds); `451 4.7.1` beyond.
     pub per_minute: u32,
@@ -102,6 +105,7 @@ impl Default for OutboundConfig {
             poll_ms: 1000,
             concurrency: 16,
             timeout_secs: 120,
+            connection_cache_secs: 5,
             per_minute: 20,
             per_day: 500,
             new_account_per_day: 50,

@@ -6,7 +6,8 @@
 //! from Postfix for two recipients: one DSN in alice's INBOX, read over IMAP. alice to bob on the
 //! same relay: into bob's encrypted store, never through Postfix. Another
 //! account's address as sender: refused. A burst over the rate: 451 4.7.1,
-//! then accepted later. One test, so the peers start once (about a minute).
+//! then accepted later. Two messages in two delivery passes: one connection.
+//! One test, so the peers start once (about a minute).
 
 use omb_tests::harness::{free_port, have_tool, is_root, wait_until, Relay, TestDir};
 use omb_tests::sending::{client, node_with_access, send, send_implicit_tls, Postfix, PASSWORD};
@@ -22,7 +23,8 @@ fn sending_through_the_relay_to_postfix_and_between_accounts() {
     let postfix_port = free_port();
     let extra = format!(
         "[outbound]\nroutes = {{ \"example.org\" = \"127.0.0.1:{postfix_port}\" }}\n\
-         retry_secs = [1, 1, 2]\npoll_ms = 200\ntimeout_secs = 10\nper_minute = 3\n"
+         retry_secs = [1, 1, 2]\npoll_ms = 200\ntimeout_secs = 10\nper_minute = 3\n\
+         connection_cache_secs = 120\n"
     );
     let mut relay = Relay::new(dir.path(), "sqlite", &extra);
     relay.start();
@@ -88,6 +90,13 @@ fn sending_through_the_relay_to_postfix_and_between_accounts() {
         Duration::from_secs(30),
         "Postfix receives the message sent on 465",
         || postfix.with_subject("over implicit tls").is_some(),
+    );
+    // Both went down one connection, kept between the two delivery passes.
+    let log = postfix.log_text();
+    assert_eq!(
+        log.matches(": connect from ").count(),
+        1,
+        "one SMTP connection for both messages: {log}"
     );
 
     // 2. Postfix down: deferred; the relay killed and restarted meanwhile;

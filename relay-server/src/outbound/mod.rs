@@ -6,7 +6,8 @@
 //!   this relay straight into its encrypted spool, or over SMTP to a static
 //!   route or the domain's MX; `outcome`: what became of each recipient —
 //!   done, retried later, or failed, with one DSN per message;
-//! - `smtp`: the SMTP client; `tls`: its TLS clients and trust roots;
+//! - `smtp`: the SMTP client; `pool`: its connections kept between passes;
+//!   `tls`: its TLS clients and trust roots;
 //!   `mta_sts`: recipient domains' MTA-STS policies (RFC 8461);
 //!   `dane`: MX hosts' DNSSEC-validated TLSA records (RFC 7672);
 //!   `dsn`: delivery status notifications (RFC 3464); `limits`: per-account
@@ -17,6 +18,7 @@ pub mod dsn;
 pub mod limits;
 pub mod mta_sts;
 mod outcome;
+mod pool;
 pub mod queue;
 pub mod smtp;
 pub mod tls;
@@ -51,6 +53,8 @@ pub struct Outbound {
     pub hostname: String,
     pub max_message_size: usize,
     limiter: limits::RateLimiter,
+    /// SMTP connections kept between delivery passes.
+    pool: pool::Pool,
     wake: Notify,
     trust: tls::Trust,
     /// The validating resolver of DANE, unless `[outbound] dane = false`.
@@ -95,6 +99,7 @@ impl Outbound {
             dns_server: delivery_dns.nameserver(),
             delivery_dns,
             limiter: limits::RateLimiter::new(config.per_minute),
+            pool: pool::Pool::new(Duration::from_secs(config.connection_cache_secs)),
             store,
             auth,
             acceptor,

@@ -6,6 +6,7 @@
 use super::dane::{HostDane, SecureMx};
 use super::mta_sts::Mode;
 use super::outcome::Done;
+use super::pool::Target;
 use super::smtp::{Connection, Outcome, SmtpError, TlsRequirement};
 use super::Outbound;
 use crate::mx::session::{AcceptedRcpt, StoreVerdict, Transaction};
@@ -30,18 +31,18 @@ const GATHER: Duration = Duration::from_millis(50);
 /// Hosts by name (for TLS) and address.
 type Hosts = Vec<(String, SocketAddr)>;
 
-/// One host of a destination to try, and what its connection needs of TLS.
-struct Target {
-    name: String,
-    addr: SocketAddr,
-    tls: TlsRequirement,
-}
-
 impl Outbound {
     /// Runs the worker for ever.
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let poll = Duration::from_millis(self.config.poll_ms.max(10));
+        let reaper = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                reaper.pool.reap().await;
+            }
+        });
         // A claimed recipient comes back after this long if its worker died.
         let lease = (self.config.timeout_secs * 5).max(60) as i64;
         loop {
@@ -134,46 +135,16 @@ impl Outbound {
                 return;
             }
         };
-        let timeout = Duration::from_secs(self.config.timeout_secs.max(1));
-        let mut conn = None;
-        let mut last_error = String::from("4.4.1 no host to try");
-        let mut permanent = false;
-        for Target { name, addr, tls } in &targets {
-            match Connection::open(*addr, name, &self.hostname, &self.trust, tls, timeout).await {
-                Ok(c) => {
-                    let dane = matches!(tls, TlsRequirement::Dane(_));
-                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), dane, "connected");
-                    if let (Some(Mode::Testing), Err(why)) = (mode, &c.pkix) {
-                        warn!(host = %name, error = %why, "MTA-STS (testing): this MX fails the domain's policy; delivering anyway");
-                    }
-                    conn = Some((name.clone(), c));
-                    break;
+        let (target, mut conn) = match self.connect(&targets, mode).await {
+            Ok(found) => found,
+            Err(outcome) => {
+                for r in &remote {
+                    self.record(r, outcome.clone(), None, done).await;
                 }
-                Err(e) => {
-                    debug!(host = %name, error = %e, "cannot deliver through this host");
-                    permanent = e.permanent();
-                    last_error = match &e {
-                        SmtpError::Refused(_, reply) => reply.to_string(),
-                        SmtpError::TlsRequired(_, policy, _) => {
-                            warn!(host = %name, error = %e, "{policy}: not delivering through this MX");
-                            format!("4.7.5 {e}")
-                        }
-                        other => format!("4.4.1 {other}"),
-                    };
-                }
+                return;
             }
-        }
-        let Some((host, mut conn)) = conn else {
-            let outcome = if permanent {
-                Outcome::Permanent(last_error)
-            } else {
-                Outcome::Temporary(last_error)
-            };
-            for r in &remote {
-                self.record(r, outcome.clone(), None, done).await;
-            }
-            return;
         };
+        let host = target.name.clone();
         // One transaction per message, all on this connection.
         let mut by_message: BTreeMap<String, Vec<DueRcpt>> = BTreeMap::new();
         for r in remote {
@@ -202,8 +173,53 @@ impl Outbound {
             }
         }
         if broken.is_none() {
-            conn.quit().await;
+            self.pool.put(target, conn).await;
         }
+    }
+
+    /// A connection to the first of `targets` that answers: one kept from an
+    /// earlier pass when there is one, else a new one, tried in order.
+    async fn connect(
+        &self,
+        targets: &[Target],
+        mode: Option<Mode>,
+    ) -> Result<(Target, Connection), Outcome> {
+        for target in targets {
+            if let Some(conn) = self.pool.take(target).await {
+                return Ok((target.clone(), conn));
+            }
+        }
+        let timeout = Duration::from_secs(self.config.timeout_secs.max(1));
+        let mut last_error = String::from("4.4.1 no host to try");
+        let mut permanent = false;
+        for target @ Target { name, addr, tls } in targets {
+            match Connection::open(*addr, name, &self.hostname, &self.trust, tls, timeout).await {
+                Ok(c) => {
+                    let dane = matches!(tls, TlsRequirement::Dane(_));
+                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), dane, "connected");
+                    if let (Some(Mode::Testing), Err(why)) = (mode, &c.pkix) {
+                        warn!(host = %name, error = %why, "MTA-STS (testing): this MX fails the domain's policy; delivering anyway");
+                    }
+                    return Ok((target.clone(), c));
+                }
+                Err(e) => {
+                    debug!(host = %name, error = %e, "cannot deliver through this host");
+                    permanent = e.permanent();
+                    last_error = match &e {
+                        SmtpError::Refused(_, reply) => reply.to_string(),
+                        SmtpError::TlsRequired(_, policy, _) => {
+                            warn!(host = %name, error = %e, "{policy}: not delivering through this MX");
+                            format!("4.7.5 {e}")
+                        }
+                        other => format!("4.4.1 {other}"),
+                    };
+                }
+            }
+        }
+        Err(match permanent {
+            true => Outcome::Permanent(last_error),
+            false => Outcome::Temporary(last_error),
+        })
     }
 
     /// Where mail for `domain` goes: its static route (as the operator set

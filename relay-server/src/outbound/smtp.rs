@@ -78,7 +78,7 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What a connection needs of TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TlsRequirement {
     /// STARTTLS when offered, any certificate; else in the clear.
     Opportunistic,
@@ -114,6 +114,8 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The server offers PIPELINING (RFC 2920) in its last EHLO reply.
     pipelining: bool,
+    /// When the connection was made (reuse has a time limit).
+    pub opened: std::time::Instant,
 }
 
 /// Errors of the connection as a whole: every recipient waiting on it gets a
@@ -167,6 +169,7 @@ impl Connection {
             pkix: Err("no TLS".into()),
             peer,
             pipelining: false,
+            opened: std::time::Instant::now(),
         };
         let greeting = conn.reply().await?;
         if greeting.code != 220 {
@@ -223,6 +226,7 @@ impl Connection {
             pkix,
             peer,
             pipelining: false,
+            opened: std::time::Instant::now(),
         };
         // RFC 3207 §4.2: everything learned before TLS is forgotten.
         let ehlo = conn.command(&format!("EHLO {helo}")).await?;
@@ -320,6 +324,16 @@ impl Connection {
             return Ok(rejected(outcomes, &reply));
         }
         Ok(outcomes)
+    }
+
+    /// `RSET` (RFC 5321 §4.1.1.5): a clean slate, and proof the server is
+    /// still there, before a kept connection is used again.
+    pub async fn reset(&mut self) -> Result<(), SmtpError> {
+        let reply = self.command("RSET").await?;
+        match reply.code {
+            250 => Ok(()),
+            _ => Err(SmtpError::Refused(self.peer, reply)),
+        }
     }
 
     pub async fn quit(mut self) {

@@ -24,7 +24,7 @@ pub const SHA2_256: u8 = 1;
 pub const SHA2_512: u8 = 2;
 
 /// One TLSA record's data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tlsa {
     pub usage: u8,
     pub selector: u8,
