@@ -5,13 +5,15 @@
 mod common;
 
 use common::*;
-use omb_relay::store::{NewOutbound, StoredPolicy};
+use omb_relay::outbound::limits::over_stored_rate;
+use omb_relay::store::{now_ms, NewOutbound, StoredPolicy};
 
 on_both_backends!(
     a_message_is_queued_once_and_leaves_with_its_last_recipient,
     claimed_recipients_are_leased_and_deferred_ones_wait,
     an_mta_sts_policy_is_kept_and_replaced,
     concurrent_submissions_are_all_queued,
+    the_rate_and_the_day_count_outlive_the_store,
 );
 
 async fn an_mta_sts_policy_is_kept_and_replaced(url: String) {
@@ -61,6 +63,8 @@ fn message(submission_id: &str, rcpts: &[&str]) -> NewOutbound {
         mail_from: "alice@sandbox.test".into(),
         rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
         data: b"From: alice@sandbox.test\r\n\r\nhello\r\n".to_vec(),
+        // Three a minute.
+        rate_interval_ms: 20_000,
     }
 }
 
@@ -161,4 +165,30 @@ async fn concurrent_submissions_are_all_queued(url: String) {
     // Counted once each, however the writer batched them.
     assert_eq!(store.outbound_today("alice").await.expect("count"), 20);
     store.close().await;
+}
+
+async fn the_rate_and_the_day_count_outlive_the_store(url: String) {
+    let store = store_with(&url, &["alice"]).await;
+    let before = now_ms();
+    for i in 0..3 {
+        let m = message(&format!("r{i}"), &["bob@example.org"]);
+        store.outbound_insert(&m).await.expect("queue");
+    }
+    store.close().await;
+    // A restarted relay, or another instance on the same database.
+    let other = open(&url).await;
+    let standing = other
+        .outbound_standing("alice")
+        .await
+        .expect("standing")
+        .expect("an account");
+    assert_eq!(standing.today, 3);
+    assert!(
+        standing.tat_ms >= before + 60_000 && standing.tat_ms <= now_ms() + 60_000,
+        "three messages at 20 s each: {} ms ahead",
+        standing.tat_ms - before
+    );
+    assert!(over_stored_rate(standing.tat_ms, now_ms(), 3).is_some());
+    assert!(over_stored_rate(standing.tat_ms, now_ms() + 20_000, 3).is_none());
+    other.close().await;
 }

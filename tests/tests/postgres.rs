@@ -14,7 +14,7 @@ use omb_tests::harness::{
     files_containing, free_port, have_tool, in_ci, is_root, swaks, token, wait_until, Node, Relay,
     TestDir,
 };
-use omb_tests::sending::{send_ok, started_node_with_access, Postfix};
+use omb_tests::sending::{send, send_ok, started_node_with_access, Postfix};
 use std::process::Command;
 use std::time::Duration;
 
@@ -245,7 +245,7 @@ fn postgres_outbound_queue_survives_kill9() {
     let postfix_port = free_port();
     let extra = format!(
         "[outbound]\nroutes = {{ \"example.org\" = \"127.0.0.1:{postfix_port}\" }}\n\
-         retry_secs = [1, 1, 2]\npoll_ms = 200\ntimeout_secs = 10\n"
+         retry_secs = [1, 1, 2]\npoll_ms = 200\ntimeout_secs = 10\nper_minute = 1\n"
     );
     let mut relay = Relay::new(dir.path(), &db.url, &extra);
     relay.start();
@@ -274,4 +274,15 @@ fn postgres_outbound_queue_survives_kill9() {
         db.count("SELECT count(*) FROM outbound_rcpts") == 0
             && db.count("SELECT count(*) FROM outbound") == 0
     });
+    // The rate (one a minute) is kept in the database: the restarted relay,
+    // whose memory is fresh, still refuses a second message this minute.
+    let reply = send(
+        access.submission,
+        "alice@sandbox.test",
+        "alice@sandbox.test",
+        "alice@sandbox.test",
+        &["bob@example.org"],
+        "too soon",
+    );
+    assert!(reply.starts_with("451 4.7.1"), "{reply}");
 }

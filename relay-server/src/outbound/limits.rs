@@ -1,5 +1,9 @@
-//! Per-account sending rate: a token bucket per account, in memory (the
-//! daily cap, which must survive restarts, is counted in the store).
+//! Per-account sending rate, judged twice: by a token bucket per account in
+//! this relay's memory, exact however many submissions arrive at once; and
+//! by the rate kept in the store with the account (the generic cell rate
+//! algorithm, the same limit), which holds across restarts and for every
+//! relay instance sharing the database. The daily cap is counted in the
+//! store too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -50,9 +54,53 @@ impl RateLimiter {
     }
 }
 
+/// Milliseconds each message moves an account's stored rate on: 0 (no
+/// limit) or 60 000 / `per_minute`.
+pub fn interval_ms(per_minute: u32) -> i64 {
+    match per_minute {
+        0 => 0,
+        n => 60_000 / i64::from(n),
+    }
+}
+
+/// How long to wait before the stored rate allows one more message, if it
+/// does not now: `tat_ms` may lie at most a minute's burst (`per_minute`
+/// messages) minus one interval ahead of `now_ms`.
+pub fn over_stored_rate(tat_ms: i64, now_ms: i64, per_minute: u32) -> Option<Duration> {
+    let interval = interval_ms(per_minute);
+    if interval == 0 {
+        return None;
+    }
+    let ahead = tat_ms.max(now_ms) + interval - now_ms;
+    (ahead > 60_000).then(|| Duration::from_millis((ahead - 60_000) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_rate_allows_a_burst_then_one_per_interval() {
+        let t0 = 1_700_000_000_000;
+        let (mut tat, mut accepted) = (0, 0);
+        for _ in 0..5 {
+            if over_stored_rate(tat, t0, 3).is_none() {
+                tat = tat.max(t0) + interval_ms(3);
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 3, "a burst of per_minute");
+        assert_eq!(
+            over_stored_rate(tat, t0 + 1_000, 3),
+            Some(Duration::from_secs(19))
+        );
+        assert_eq!(
+            over_stored_rate(tat, t0 + 20_000, 3),
+            None,
+            "one every 20 s"
+        );
+        assert_eq!(over_stored_rate(i64::MAX / 2, t0, 0), None, "no limit");
+    }
 
     #[test]
     fn burst_then_refill() {

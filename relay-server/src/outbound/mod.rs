@@ -26,14 +26,20 @@ pub mod tls;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::OutboundConfig;
 use crate::mx::accept::Acceptor;
-use crate::store::{NewOutbound, Store};
+use crate::store::{NewOutbound, Standing, Store};
 use mail_auth::{AuthenticatedMessage, DkimResult};
 use omb_shared::protocol::{Submission, SubmitOutcome};
 use omb_shared::types::Address;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// How long a sender address found to be an account's is taken as its own
+/// without asking the store again.
+const OWNER_TTL: Duration = Duration::from_secs(60);
 use tracing::{info, warn};
 
 /// The relay's outbound side.
@@ -53,6 +59,8 @@ pub struct Outbound {
     pub hostname: String,
     pub max_message_size: usize,
     limiter: limits::RateLimiter,
+    /// `(handle, address)` found to be the account's, and when.
+    owners: Mutex<HashMap<(String, String), Instant>>,
     /// SMTP connections kept between delivery passes.
     pool: pool::Pool,
     wake: Notify,
@@ -99,6 +107,7 @@ impl Outbound {
             dns_server: delivery_dns.nameserver(),
             delivery_dns,
             limiter: limits::RateLimiter::new(config.per_minute),
+            owners: Mutex::default(),
             pool: pool::Pool::new(Duration::from_secs(config.connection_cache_secs)),
             store,
             auth,
@@ -112,10 +121,32 @@ impl Outbound {
     }
 
     /// Whether `address` belongs to `handle` (its own addresses, its aliases,
-    /// its verified domains; never the operator's postmaster@).
+    /// its verified domains; never the operator's postmaster@). A yes is
+    /// remembered for `OWNER_TTL`: a node sends from the same few addresses
+    /// all day, and an address taken from an account stops working for it
+    /// within that time.
     async fn owns(&self, handle: &str, address: &str) -> Result<bool, SubmitOutcome> {
+        let key = (handle.to_string(), address.to_ascii_lowercase());
+        let now = Instant::now();
+        {
+            let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+            if owners
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < OWNER_TTL)
+            {
+                return Ok(true);
+            }
+        }
         match self.store.route(address, &self.relay_domain, None).await {
-            Ok(Some(r)) => Ok(r.handle == handle),
+            Ok(Some(r)) if r.handle == handle => {
+                let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+                if owners.len() >= 10_000 {
+                    owners.retain(|_, at| now.duration_since(*at) < OWNER_TTL);
+                }
+                owners.insert(key, now);
+                Ok(true)
+            }
+            Ok(Some(_)) => Ok(false),
             Ok(None) => Ok(false),
             Err(e) => {
                 warn!(error = %e, "sender look-up failed");
@@ -141,6 +172,7 @@ impl Outbound {
             mail_from: s.mail_from,
             rcpt_to: s.rcpt_to,
             data: s.data,
+            rate_interval_ms: limits::interval_ms(self.config.per_minute),
         };
         match self.store.outbound_insert(&new).await {
             Ok(id) => {
@@ -206,25 +238,34 @@ impl Outbound {
     /// The account's rate and daily cap (lower while it is new).
     async fn limits(&self, handle: &str) -> Result<(), SubmitOutcome> {
         let now = crate::store::now();
-        let (created, today) = match self.store.outbound_standing(handle).await {
-            Ok(standing) => standing.unwrap_or((now, 0)),
+        let standing = match self.store.outbound_standing(handle).await {
+            Ok(standing) => standing.unwrap_or(Standing {
+                created_at: now,
+                today: 0,
+                tat_ms: 0,
+            }),
             Err(e) => {
                 warn!(error = %e, "cannot read the account's sending counts");
                 return Err(temporary("4.3.0 Temporary failure, try again later"));
             }
         };
-        let new = now - created < self.config.new_account_days * 86_400;
+        let new = now - standing.created_at < self.config.new_account_days * 86_400;
         let cap = if new {
             self.config.new_account_per_day
         } else {
             self.config.per_day
         };
-        if today >= cap {
+        if standing.today >= cap {
             return Err(temporary(&format!(
                 "4.7.1 Daily sending limit of {cap} messages reached; try again tomorrow"
             )));
         }
-        if let Err(wait) = self.limiter.take(handle) {
+        let stored = limits::over_stored_rate(
+            standing.tat_ms,
+            crate::store::now_ms(),
+            self.config.per_minute,
+        );
+        if let Some(wait) = stored.or_else(|| self.limiter.take(handle).err()) {
             return Err(temporary(&format!(
                 "4.7.1 Sending rate limit reached; try again in {} s",
                 wait.as_secs().max(1)

@@ -138,8 +138,7 @@ impl Outbound {
         };
         let r = &first.rcpt;
         let original = self
-            .store
-            .outbound_data(&r.id)
+            .message_data(r)
             .await
             .map_err(|e| e.to_string())?
             .unwrap_or_default();

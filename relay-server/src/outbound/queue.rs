@@ -151,8 +151,8 @@ impl Outbound {
             by_message.entry(r.id.clone()).or_default().push(r);
         }
         let mut broken: Option<String> = None;
-        for (id, rcpts) in by_message {
-            let outcomes = match (&broken, self.store.outbound_data(&id).await) {
+        for rcpts in by_message.into_values() {
+            let outcomes = match (&broken, self.message_data(&rcpts[0]).await) {
                 (Some(e), _) => vec![Outcome::Temporary(e.clone()); rcpts.len()],
                 (None, Ok(Some(data))) => {
                     let list: Vec<String> = rcpts.iter().map(|r| r.rcpt.clone()).collect();
@@ -388,9 +388,10 @@ impl Outbound {
 
     /// Delivers to a hosted account: encrypted to its key and spooled.
     async fn deliver_local(&self, r: &DueRcpt, handle: &str) -> Outcome {
-        let Ok(Some(data)) = self.store.outbound_data(&r.id).await else {
+        let Ok(Some(data)) = self.message_data(r).await else {
             return Outcome::Temporary("4.3.0 the queued message cannot be read".into());
         };
+        let data = Arc::unwrap_or_clone(data);
         let Ok(address) = Address::parse(&r.rcpt) else {
             return Outcome::Permanent("553 5.1.3 bad recipient address".into());
         };
@@ -411,6 +412,18 @@ impl Outbound {
             }
             StoreVerdict::OverQuota => Outcome::Temporary("452 4.2.2 mailbox full".into()),
             StoreVerdict::TempFail => Outcome::Temporary("451 4.3.0 spool write failed".into()),
+        }
+    }
+
+    /// The message `r` is a recipient of: read with the claim when small,
+    /// else now; `None` when it is no longer queued.
+    pub(super) async fn message_data(
+        &self,
+        r: &DueRcpt,
+    ) -> Result<Option<Arc<Vec<u8>>>, crate::store::StoreError> {
+        match &r.data {
+            Some(data) => Ok(Some(data.clone())),
+            None => Ok(self.store.outbound_data(&r.id).await?.map(Arc::new)),
         }
     }
 

@@ -84,7 +84,7 @@ pub use accounts::{ImportedAccount, ImportedNode};
 pub use dns::{AccountDns, RecordKind};
 pub use domains::{Domain, DomainState, OPERATOR_LOCAL_PARTS};
 pub use mta_sts::StoredPolicy;
-pub use outbound::{DueRcpt, NewOutbound};
+pub use outbound::{DueRcpt, NewOutbound, Standing};
 
 #[derive(Clone)]
 pub struct Store {
@@ -103,6 +103,14 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

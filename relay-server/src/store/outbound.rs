@@ -15,6 +15,20 @@ pub struct NewOutbound {
     pub mail_from: String,
     pub rcpt_to: Vec<String>,
     pub data: Vec<u8>,
+    /// Milliseconds this message moves the account's rate on (60 000 / the
+    /// messages allowed a minute; 0 without a limit).
+    pub rate_interval_ms: i64,
+}
+
+/// What an account has sent lately: its limits are judged from this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// When the account was made (seconds since the epoch).
+    pub created_at: i64,
+    /// Messages submitted this UTC day.
+    pub today: i64,
+    /// The rate's theoretical arrival time (see migration 0009).
+    pub tat_ms: i64,
 }
 
 /// One recipient whose time has come, with its message's envelope.
@@ -27,7 +41,14 @@ pub struct DueRcpt {
     pub handle: String,
     pub mail_from: String,
     pub created_at: i64,
+    /// The message, read with the claim when it is small (at most
+    /// `CLAIM_DATA` bytes); else read when it is sent.
+    pub data: Option<std::sync::Arc<Vec<u8>>>,
 }
+
+/// Messages up to this size are read with their claim, saving a query per
+/// message; larger ones are read one at a time as they are sent.
+const CLAIM_DATA: i64 = 64 * 1024;
 
 /// Seconds since the epoch at the start of the current UTC day.
 fn today(now: i64) -> i64 {
@@ -64,13 +85,20 @@ impl Store {
     /// When the account was created (seconds since the epoch) and how many
     /// messages it submitted today (UTC), in one query; `None` for no such
     /// account.
-    pub async fn outbound_standing(&self, handle: &str) -> Result<Option<(i64, i64)>, StoreError> {
-        let row = sqlx::query("SELECT a.created_at, COALESCE(c.messages, 0) FROM accounts a LEFT JOIN outbound_counts c ON c.handle = a.handle AND c.day = $2 WHERE a.handle = $1")
+    pub async fn outbound_standing(&self, handle: &str) -> Result<Option<Standing>, StoreError> {
+        let row = sqlx::query("SELECT a.created_at, COALESCE(c.messages, 0), COALESCE(c.tat_ms, 0) FROM accounts a LEFT JOIN outbound_counts c ON c.handle = a.handle AND c.day = $2 WHERE a.handle = $1")
             .bind(handle)
             .bind(today(super::now()))
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+        row.map(|r| {
+            Ok(Standing {
+                created_at: r.try_get(0)?,
+                today: r.try_get(1)?,
+                tat_ms: r.try_get(2)?,
+            })
+        })
+        .transpose()
     }
 
     /// Claims up to `limit` recipients due now: each is pushed `lease` seconds
@@ -177,12 +205,15 @@ pub(super) async fn insert(
     }
     // One row per recipient, whatever its letter case.
     let mut rcpts: Vec<(&str, &str, String)> = Vec::new();
-    let mut per_handle: BTreeMap<&str, i64> = BTreeMap::new();
+    // Per account: messages, and how far they move its rate on.
+    let mut per_handle: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for (m, id) in ms.iter().zip(&fresh) {
         if !inserted.contains(id) {
             continue;
         }
-        *per_handle.entry(&m.handle).or_default() += 1;
+        let (messages, rate_ms) = per_handle.entry(&m.handle).or_default();
+        *messages += 1;
+        *rate_ms += m.rate_interval_ms;
         let mut seen = HashSet::new();
         for rcpt in &m.rcpt_to {
             let lower = rcpt.to_lowercase();
@@ -210,11 +241,15 @@ pub(super) async fn insert(
         }
         q.execute(&mut **tx).await?;
     }
-    for (handle, n) in per_handle {
-        sqlx::query("INSERT INTO outbound_counts (handle, day, messages) VALUES ($1, $2, $3) ON CONFLICT (handle, day) DO UPDATE SET messages = outbound_counts.messages + excluded.messages")
+    // The day's count and the rate (migration 0009), in one statement.
+    let now_ms = super::now_ms();
+    for (handle, (n, rate_ms)) in per_handle {
+        sqlx::query("INSERT INTO outbound_counts (handle, day, messages, tat_ms) VALUES ($1, $2, $3, $4 + $5) ON CONFLICT (handle, day) DO UPDATE SET messages = outbound_counts.messages + excluded.messages, tat_ms = CASE WHEN outbound_counts.tat_ms > $4 THEN outbound_counts.tat_ms ELSE $4 END + $5")
             .bind(handle)
             .bind(today(now))
             .bind(n)
+            .bind(now_ms)
+            .bind(rate_ms)
             .execute(&mut **tx)
             .await?;
     }
@@ -269,19 +304,29 @@ pub(super) async fn claim(
     // The envelopes of every message with a recipient leased until `until`:
     // those just claimed, and perhaps some claimed in the same second by
     // another worker, which are left out below.
-    let envelopes = sqlx::query("SELECT id, handle, mail_from, created_at FROM outbound WHERE id IN (SELECT id FROM outbound_rcpts WHERE next_at = $1)")
+    let envelopes = sqlx::query("SELECT id, handle, mail_from, created_at, CASE WHEN length(data) <= $2 THEN data END FROM outbound WHERE id IN (SELECT id FROM outbound_rcpts WHERE next_at = $1)")
         .bind(until)
+        .bind(CLAIM_DATA)
         .fetch_all(&mut **tx)
         .await?;
     let mut by_id = std::collections::HashMap::new();
     for e in &envelopes {
         let id: String = e.try_get(0)?;
-        by_id.insert(id, (e.try_get(1)?, e.try_get(2)?, e.try_get(3)?));
+        let data: Option<Vec<u8>> = e.try_get(4)?;
+        by_id.insert(
+            id,
+            (
+                e.try_get(1)?,
+                e.try_get(2)?,
+                e.try_get(3)?,
+                data.map(std::sync::Arc::new),
+            ),
+        );
     }
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let id: String = row.try_get(0)?;
-        let Some((handle, mail_from, created_at)) = by_id.get(&id).cloned() else {
+        let Some((handle, mail_from, created_at, data)) = by_id.get(&id).cloned() else {
             continue;
         };
         out.push(DueRcpt {
@@ -292,6 +337,7 @@ pub(super) async fn claim(
             handle,
             mail_from,
             created_at,
+            data,
         });
     }
     out.sort_by_key(|d| d.created_at);
