@@ -182,10 +182,10 @@ impl MailStore {
 
 /// Rows per statement: SQLite allows 32,766 bound values, and a delivery
 /// batch is far smaller than this anyway.
-const MAX_ROWS: usize = 256;
+pub(super) const MAX_ROWS: usize = 256;
 
 /// `?{first}, ?{first+1}, …` (`n` of them).
-fn placeholders(n: usize, first: usize) -> String {
+pub(super) fn placeholders(n: usize, first: usize) -> String {
     (first..first + n)
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()

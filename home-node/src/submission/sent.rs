@@ -7,11 +7,15 @@
 use crate::access::AccessContext;
 use crate::imap::cache::Sealed;
 use crate::store::NewAppend;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 /// Copies appended per transaction at most.
 const BATCH: usize = 64;
+
+/// How long the Sent folder's id is used without looking it up again.
+const SENT_TTL: Duration = Duration::from_secs(5);
 
 /// A sealed copy, its size and date, and who waits for it.
 struct Copy {
@@ -65,6 +69,9 @@ impl SentKeeper {
 }
 
 async fn write_loop(ctx: AccessContext, mut rx: mpsc::Receiver<Copy>) {
+    // The Sent folder's id, looked up again after `SENT_TTL` (the folder may
+    // be renamed) or when an append fails (it may be gone).
+    let mut sent = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -73,25 +80,14 @@ async fn write_loop(ctx: AccessContext, mut rx: mpsc::Receiver<Copy>) {
                 Err(_) => break,
             }
         }
-        write(&ctx, &batch).await;
+        write(&ctx, &batch, &mut sent).await;
         for c in batch {
             let _ = c.kept.send(());
         }
     }
 }
 
-async fn write(ctx: &AccessContext, batch: &[Copy]) {
-    let mailbox = match ctx.store.mailbox("Sent").await {
-        Ok(Some(mb)) => mb,
-        Ok(None) => {
-            warn!("no Sent folder; sent messages are not kept");
-            return;
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot open Sent; sent messages are not kept");
-            return;
-        }
-    };
+async fn write(ctx: &AccessContext, batch: &[Copy], sent: &mut Option<(i64, Instant)>) {
     let items: Vec<NewAppend<'_>> = batch
         .iter()
         .map(|c| NewAppend {
@@ -102,7 +98,27 @@ async fn write(ctx: &AccessContext, batch: &[Copy]) {
             meta: Some(c.sealed.meta()),
         })
         .collect();
-    if let Err(e) = ctx.store.append_many(mailbox.id, &items).await {
-        warn!(error = %e, count = items.len(), "cannot keep sent messages in Sent");
+    for fresh in [false, true] {
+        let id = match *sent {
+            Some((id, at)) if !fresh && at.elapsed() < SENT_TTL => id,
+            _ => match ctx.store.mailbox("Sent").await {
+                Ok(Some(mb)) => sent.insert((mb.id, Instant::now())).0,
+                Ok(None) => {
+                    warn!("no Sent folder; sent messages are not kept");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot open Sent; sent messages are not kept");
+                    return;
+                }
+            },
+        };
+        match ctx.store.append_many(id, &items).await {
+            Ok(_) => return,
+            Err(e) if fresh => {
+                warn!(error = %e, count = items.len(), "cannot keep sent messages in Sent");
+            }
+            Err(_) => *sent = None,
+        }
     }
 }
