@@ -140,6 +140,14 @@ async fn claimed_recipients_are_leased_and_deferred_ones_wait(url: String) {
         .expect("defer");
     let due = store.outbound_claim(10, 60).await.expect("claim");
     assert_eq!((due.len(), due[0].attempts), (1, 2));
+    // A pass that ran out of its lease hands it back: due at once, with no
+    // attempt counted.
+    store
+        .outbound_release(vec![(id.clone(), "bob@example.org".into())])
+        .await
+        .expect("release");
+    let due = store.outbound_claim(10, 60).await.expect("claim");
+    assert_eq!((due.len(), due[0].attempts), (1, 2));
     store.close().await;
 }
 

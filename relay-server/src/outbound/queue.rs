@@ -16,7 +16,7 @@ use omb_shared::types::Address;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -43,11 +43,11 @@ impl Outbound {
                 reaper.pool.reap().await;
             }
         });
-        // A claimed recipient comes back after this long if its worker died.
-        let lease = (self.config.timeout_secs * 5).max(60) as i64;
+        let lease = self.lease();
         loop {
             match self.store.outbound_claim(BATCH, lease).await {
                 Ok(due) if !due.is_empty() => {
+                    let claimed = Instant::now();
                     let full = due.len() as i64 >= BATCH;
                     let mut by_domain: BTreeMap<String, Vec<DueRcpt>> = BTreeMap::new();
                     for d in due {
@@ -61,7 +61,7 @@ impl Outbound {
                         let span = info_span!("outbound", %domain);
                         tokio::spawn(
                             async move {
-                                this.deliver_domain(&domain, rcpts).await;
+                                this.deliver_domain(&domain, rcpts, claimed).await;
                                 drop(permit);
                             }
                             .instrument(span),
@@ -86,13 +86,26 @@ impl Outbound {
         }
     }
 
-    async fn deliver_domain(&self, domain: &str, rcpts: Vec<DueRcpt>) {
+    /// Seconds a claim holds its recipients: if its worker dies, they come
+    /// back after this long.
+    fn lease(&self) -> i64 {
+        (self.config.timeout_secs * 5).max(60) as i64
+    }
+
+    async fn deliver_domain(&self, domain: &str, rcpts: Vec<DueRcpt>, claimed: Instant) {
         let mut done = Done::default();
-        self.deliver_domain_to(domain, rcpts, &mut done).await;
+        self.deliver_domain_to(domain, rcpts, claimed, &mut done)
+            .await;
         self.flush(&mut done).await;
     }
 
-    async fn deliver_domain_to(&self, domain: &str, rcpts: Vec<DueRcpt>, done: &mut Done) {
+    async fn deliver_domain_to(
+        &self,
+        domain: &str,
+        rcpts: Vec<DueRcpt>,
+        claimed: Instant,
+        done: &mut Done,
+    ) {
         // Hosted recipients never leave the relay. Only the relay's own
         // names and verified custom domains can have any.
         let remote = match self.may_be_hosted(domain).await {
@@ -151,7 +164,16 @@ impl Outbound {
             by_message.entry(r.id.clone()).or_default().push(r);
         }
         let mut broken: Option<String> = None;
+        // A pass starts no message after a quarter of its lease, so that no
+        // recipient is still being sent when the lease ends and another
+        // worker claims it; the rest go back to the queue, due at once.
+        let deadline = claimed + Duration::from_secs(self.lease() as u64 / 4);
+        let mut released = Vec::new();
         for rcpts in by_message.into_values() {
+            if Instant::now() >= deadline {
+                released.extend(rcpts.into_iter().map(|r| (r.id, r.rcpt)));
+                continue;
+            }
             let outcomes = match (&broken, self.message_data(&rcpts[0]).await) {
                 (Some(e), _) => vec![Outcome::Temporary(e.clone()); rcpts.len()],
                 (None, Ok(Some(data))) => {
@@ -171,6 +193,17 @@ impl Outbound {
             for (r, outcome) in rcpts.iter().zip(outcomes) {
                 self.record(r, outcome, Some(&host), done).await;
             }
+        }
+        if !released.is_empty() {
+            info!(
+                count = released.len(),
+                "a long pass: recipients handed back to the queue"
+            );
+            if let Err(e) = self.store.outbound_release(released).await {
+                // They come back when their lease ends.
+                warn!(error = %e, "cannot hand recipients back to the queue");
+            }
+            self.wake.notify_one();
         }
         if broken.is_none() {
             self.pool.put(target, conn).await;

@@ -135,6 +135,15 @@ impl Store {
         Ok(())
     }
 
+    /// Claimed recipients not tried in their pass: due again now, no attempt
+    /// counted.
+    pub async fn outbound_release(&self, rcpts: Vec<(String, String)>) -> Result<(), StoreError> {
+        if !rcpts.is_empty() {
+            self.write(WriteOp::OutboundRelease(rcpts)).await?;
+        }
+        Ok(())
+    }
+
     /// A temporary failure: try again at `next_at`.
     pub async fn outbound_defer(
         &self,
@@ -379,6 +388,27 @@ pub(super) async fn done(
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(*id);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Hands claimed recipients back to the queue, due at `now`, without
+/// counting an attempt (a delivery pass that ran out of its lease).
+pub(super) async fn release(
+    tx: &mut Transaction<'_, Any>,
+    rcpts: &[(String, String)],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in rcpts.chunks(MAX_ROWS) {
+        let sql = format!(
+            "UPDATE outbound_rcpts SET next_at = $1 WHERE (id, rcpt) IN (VALUES {})",
+            value_rows(chunk.len(), 2, 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for (id, rcpt) in chunk {
+            q = q.bind(id).bind(rcpt);
         }
         q.execute(&mut **tx).await?;
     }

@@ -29,6 +29,8 @@ pub(super) enum WriteOp {
     },
     /// Recipients done with: `(queue id, recipient)`.
     OutboundDone(Vec<(String, String)>),
+    /// Claimed recipients handed back, due now: `(queue id, recipient)`.
+    OutboundRelease(Vec<(String, String)>),
     /// A temporary failure: `(queue id, recipient, next attempt, error)`.
     OutboundDefer(String, String, i64, String),
 }
@@ -167,6 +169,10 @@ async fn write_batch(pool: &AnyPool, ops: &[&WriteOp]) -> Result<Vec<Written>, s
             }
             WriteOp::OutboundDone(done) => {
                 outbound::done(&mut tx, done).await?;
+                Written::Nothing
+            }
+            WriteOp::OutboundRelease(rcpts) => {
+                outbound::release(&mut tx, rcpts, now).await?;
                 Written::Nothing
             }
             WriteOp::OutboundDefer(id, rcpt, next_at, error) => {
