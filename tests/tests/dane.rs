@@ -13,7 +13,10 @@
 //! - plain.dane.example (insecure), MX mx.plain.dane.example, the same wrong
 //!   TLSA record: the record is ignored and the mail delivered;
 //! - bogus.dane.example, delegated with a DS record but served unsigned: its
-//!   MX records fail validation (bogus), the mail waits.
+//!   MX records fail validation (bogus), the mail waits;
+//! - nomx.dane.example and nomx-bad.dane.example, no MX records, a secure A
+//!   record and a `3 1 1` record of Postfix's key or another: each is its
+//!   own host under DANE (RFC 7672 §2.2.1), delivered over TLS or waiting.
 
 use omb_tests::harness::{free_port, have_tool, is_root, wait_until, Relay, TestDir};
 use omb_tests::knot::{Knot, Zone};
@@ -70,7 +73,9 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
         "@ MX 10 mx\nmx A 127.0.0.1\n_{postfix_port}._tcp.mx TLSA 3 1 1 {good}\n\
          bad MX 10 mx-bad\nmx-bad A 127.0.0.1\n_{postfix_port}._tcp.mx-bad TLSA 3 1 1 {wrong}\n\
          plain NS ns1.plain\nns1.plain A 127.0.0.1\n\
-         bogus NS ns1.bogus\nns1.bogus A 127.0.0.1\nbogus DS 4242 13 2 {good}\n"
+         bogus NS ns1.bogus\nns1.bogus A 127.0.0.1\nbogus DS 4242 13 2 {good}\n\
+         nomx A 127.0.0.1\n_{postfix_port}._tcp.nomx TLSA 3 1 1 {good}\n\
+         nomx-bad A 127.0.0.1\n_{postfix_port}._tcp.nomx-bad TLSA 3 1 1 {wrong}\n"
     );
     let plain = format!("@ MX 10 mx\nmx A 127.0.0.1\n_{postfix_port}._tcp.mx TLSA 3 1 1 {wrong}\n");
     let knot = Knot::start_zones(
@@ -103,6 +108,8 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
         "bad.dane.example",
         "plain.dane.example",
         "bogus.dane.example",
+        "nomx.dane.example",
+        "nomx-bad.dane.example",
     ];
     let postfix = Postfix::new(dir.path(), postfix_port, &domains, Some((&cert, &key)));
     postfix.postfix("start");
@@ -182,5 +189,35 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
             >= 2
     });
     assert!(postfix.with_subject("bogus zone").is_none());
+
+    // (5) No MX, secure address records: the domain is its own host, and
+    //     its TLSA records apply.
+    submit("erin@nomx.dane.example", "no mx matching");
+    wait_until(
+        Duration::from_secs(60),
+        "delivery to nomx.dane.example",
+        || postfix.with_subject("no mx matching").is_some(),
+    );
+    let log = relay.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("connected")
+            && l.contains("host=nomx.dane.example")
+            && l.contains("dane=true")),
+        "{log}"
+    );
+    submit("erin@nomx-bad.dane.example", "no mx mismatch");
+    wait_until(Duration::from_secs(60), "nomx-bad deferrals", || {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("deferred")
+                    && l.contains("erin@nomx-bad.dane.example")
+                    && l.contains("4.7.5")
+            })
+            .count()
+            >= 2
+    });
+    assert!(postfix.with_subject("no mx mismatch").is_none());
     drop(alice);
 }

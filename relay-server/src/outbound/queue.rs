@@ -341,12 +341,18 @@ impl Outbound {
     }
 
     /// `domain`'s MX host names by preference, and whether DNSSEC proved
-    /// them (the validated answer is used then); a bogus MX RRset is a
+    /// them (the validated answer is used then; with no MX, the domain
+    /// itself when its addresses are proved); a bogus MX RRset is a
     /// temporary failure (RFC 7672 §2.2.1).
     async fn mx_hosts(&self, domain: &str) -> Result<(Vec<String>, bool), Outcome> {
         if let Some(dane) = &self.dane {
             match dane.mx(domain).await {
                 Ok(SecureMx::Secure(names)) if !names.is_empty() => return Ok((names, true)),
+                // No MX: the domain is its own host (RFC 5321 §5.1), under
+                // DANE when its address records are secure (RFC 7672 §2.2.1).
+                Ok(SecureMx::Absent) if dane.addresses_secure(domain).await == Ok(true) => {
+                    return Ok((vec![domain.to_string()], true))
+                }
                 Ok(_) => {}
                 Err(e) => {
                     return Err(Outcome::Temporary(format!(

@@ -9,7 +9,10 @@
 //! - `tlsa`: which records are usable and how a certificate matches.
 //!
 //! The queue applies them (`queue.rs`): DANE applies only when the MX RRset
-//! is secure (§2.2.1); then a host with usable TLSA records is delivered to
+//! is secure (§2.2.1), or when the domain has no MX records and its own
+//! address records are secure (it is then its own host); a host's TLSA
+//! records count only when its address records are secure (§2.2.2). Then a
+//! host with usable TLSA records is delivered to
 //! over authenticated TLS, one with only unusable records over mandatory
 //! TLS (§2.2), one whose TLSA look-up fails not at all (a temporary
 //! failure); a bogus MX RRset is a temporary failure. Where DANE applies,
@@ -43,9 +46,11 @@ pub enum SecureMx {
     /// Signed and validated: the host names by preference, as the
     /// validator returned them.
     Secure(Vec<String>),
-    /// Unsigned, or no MX RRset (RFC 7672 §2.2.2's DANE for a domain
-    /// without MX is not done): DANE does not apply.
+    /// Unsigned: DANE does not apply.
     Insecure,
+    /// No MX RRset: the domain itself is the host (RFC 5321 §5.1), under
+    /// DANE if its own address records are secure.
+    Absent,
 }
 
 /// What DANE asks of the connection to one MX host.
@@ -114,15 +119,36 @@ impl Dane {
                     _ => None,
                 })
                 .collect(),
-            Answer::Insecure | Answer::Empty => return Ok(SecureMx::Insecure),
+            Answer::Insecure => return Ok(SecureMx::Insecure),
+            Answer::Empty => return Ok(SecureMx::Absent),
         };
         mx.sort();
         Ok(SecureMx::Secure(mx.into_iter().map(|(_, n)| n).collect()))
     }
 
+    /// Whether `host`'s address records (A, else AAAA) are secure: only then
+    /// are its TLSA records looked up (RFC 7672 §2.2.2); `Err` when bogus.
+    pub async fn addresses_secure(&self, host: &str) -> Result<bool, String> {
+        match self.lookup(host, RecordType::A).await? {
+            Answer::Secure(_) => return Ok(true),
+            Answer::Insecure => return Ok(false),
+            Answer::Empty => {}
+        }
+        Ok(matches!(
+            self.lookup(host, RecordType::AAAA).await?,
+            Answer::Secure(_)
+        ))
+    }
+
     /// What DANE asks of `host` on `port`: its `_PORT._tcp.HOST` TLSA RRset
-    /// (RFC 7672 §2.2.3), used only when secure.
+    /// (RFC 7672 §2.2.3), used only when secure and when the host's address
+    /// records are secure too.
     pub async fn host(&self, host: &str, port: u16) -> HostDane {
+        match self.addresses_secure(host).await {
+            Ok(true) => {}
+            Ok(false) => return HostDane::None,
+            Err(e) => return HostDane::Failed(format!("address look-up of {host}: {e}")),
+        }
         let name = format!("_{port}._tcp.{host}");
         match self.lookup(&name, RecordType::TLSA).await {
             Ok(Answer::Secure(data)) => {
