@@ -22,6 +22,8 @@ use tracing::{debug, info, warn};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Deliveries stored in one transaction at most.
+const MAX_BATCH: usize = 64;
 
 /// The account as the relay last described it (its Welcome): what the
 /// submission server checks senders against. Kept while the tunnel is down.
@@ -215,11 +217,23 @@ impl<C: Connector> TunnelClient<C> {
         let mut submits = self.submits.lock().await;
         // Publish requests sent, waiting for the relay's answer, in order.
         let mut publishing: Vec<Publish> = Vec::new();
+        // Frames from the relay are read and decoded on their own task (ended
+        // with the session, when `reader` drops), so the deliveries that arrive
+        // while a batch is being stored are waiting, decoded, for the next one.
+        let (frames_tx, mut frames_rx) = mpsc::channel::<Result<Frame, ProtocolError>>(256);
+        let mut reader = tokio::task::JoinSet::new();
+        reader.spawn(async move {
+            loop {
+                let frame = read_frame(&mut recv, &mut dec).await;
+                let end = frame.is_err();
+                if frames_tx.send(frame).await.is_err() || end {
+                    break;
+                }
+            }
+        });
         loop {
-            // `read_frame` keeps partial frames in `dec`, so dropping it for a
-            // control request loses nothing.
             let first = tokio::select! {
-                frame = read_frame(&mut recv, &mut dec) => frame,
+                frame = frames_rx.recv() => frame.unwrap_or(Err(ProtocolError::Closed)),
                 Some(request) = submits.recv() => {
                     let frame = Frame::Submit(request.submission.clone());
                     pending.push(request);
@@ -241,8 +255,8 @@ impl<C: Connector> TunnelClient<C> {
             // Take whatever else has already arrived, so a burst is stored in
             // one transaction (one fsync) and acknowledged together.
             let mut frames = vec![first];
-            while frames.len() < 64 && matches!(frames.last(), Some(Ok(Frame::Deliver(_)))) {
-                match tokio::time::timeout(Duration::ZERO, read_frame(&mut recv, &mut dec)).await {
+            while frames.len() < MAX_BATCH && matches!(frames.last(), Some(Ok(Frame::Deliver(_)))) {
+                match frames_rx.try_recv() {
                     Ok(f) => frames.push(f),
                     Err(_) => break,
                 }

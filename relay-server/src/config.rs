@@ -167,7 +167,9 @@ impl Default for SmtpConfig {
 pub struct TunnelConfig {
     /// UDP address of the QUIC tunnel endpoint that nodes dial.
     pub listen: SocketAddr,
-    /// Messages sent to a node before waiting for acknowledgements.
+    /// Messages sent to a node before waiting for acknowledgements. Larger
+    /// than the node's batch (64), so the next batch arrives while one is
+    /// being stored.
     pub window: usize,
 }
 
@@ -175,7 +177,7 @@ impl Default for TunnelConfig {
     fn default() -> Self {
         TunnelConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
-            window: 32,
+            window: 128,
         }
     }
 }

@@ -117,6 +117,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let mut data_started: Option<std::time::Instant> = None;
+    // The accounts accepted at RCPT in this transaction, by handle, for the
+    // end of DATA. Every accepted recipient's account is written here at its
+    // RCPT, so an entry left by an abandoned transaction (RSET) is never used:
+    // the next transaction's recipients overwrite the ones they use.
+    let mut checked: std::collections::HashMap<String, crate::store::Recipient> =
+        std::collections::HashMap::new();
     let command_timeout = Duration::from_secs(server.config.command_timeout_secs);
     let data_timeout = Duration::from_secs(server.config.data_timeout_secs);
     loop {
@@ -125,7 +131,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             match session.feed(&mut input) {
                 None => break,
                 Some(Action::CheckRecipient(addr)) => {
-                    let verdict = server.acceptor.check_recipient(&addr).await;
+                    let (verdict, account) = server.acceptor.check_recipient_keep(&addr).await;
+                    if let Some(account) = account {
+                        checked.insert(account.handle.clone(), account);
+                    }
                     session.recipient_checked(addr, verdict);
                 }
                 Some(Action::Store(tx)) => {
@@ -133,7 +142,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     if write(stream, session).await.is_err() {
                         return Outcome::Closed;
                     }
-                    let verdict = server.acceptor.store(tx, peer.ip()).await;
+                    let verdict = server.acceptor.store_checked(tx, peer.ip(), &checked).await;
+                    checked.clear();
                     session.message_stored(verdict);
                 }
                 Some(Action::StartTls) => {

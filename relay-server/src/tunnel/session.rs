@@ -11,7 +11,7 @@ use omb_shared::protocol::{
 use omb_shared::transport::quic::{accept_stream, QuicListener};
 use omb_shared::transport::{ConnectionHandle, TunnelStream};
 use omb_shared::types::NodeKey;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWrite;
@@ -30,6 +30,14 @@ const MAX_INFLIGHT_BYTES: i64 = 16 * 1024 * 1024;
 /// How often the account's senders are looked at for changes made by other
 /// processes (this process's own changes are sent at once).
 const SENDERS_REFRESH: Duration = Duration::from_secs(60);
+/// Offered messages kept in memory while the window is full, at most (by
+/// count and by bytes); beyond, they are left to a spool scan. Without this
+/// backlog every offer that found the window full was dropped and read back
+/// from the spool (an id scan and one body read per message), so a relay that
+/// fell behind once kept reading every message back for as long as the load
+/// lasted.
+const BACKLOG_MAX: usize = 1024;
+const BACKLOG_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct TunnelContext {
     pub store: Store,
@@ -220,13 +228,20 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
     // offered in memory: at start, after a wake-up, when offers did not fit
     // the window, and every RESCAN (another relay instance may have spooled).
     let mut need_scan = true;
+    // Offers waiting for room in the window, oldest first, and their ids
+    // (which a scan must skip: they are sent from here).
+    let mut backlog: VecDeque<Arc<SpoolEntry>> = VecDeque::new();
+    let mut backlog_ids: HashSet<String> = HashSet::new();
+    let mut backlog_bytes: usize = 0;
     let result: Result<(), String> = async {
         loop {
             // Fill the window: at most `window` messages and about 16 MiB in
             // flight (but always at least one, whatever its size).
+            // The spool first: what it holds beyond the backlog is older.
             if need_scan && inflight.len() < ctx.window && inflight_bytes < MAX_INFLIGHT_BYTES {
                 let room = ctx.window - inflight.len();
-                let queue = ctx.store.spool_queue(&handle, &inflight.keys().chain(deleting.iter()).cloned().collect(), room).await.map_err(|e| e.to_string())?;
+                let skip = inflight.keys().chain(deleting.iter()).chain(backlog_ids.iter()).cloned().collect();
+                let queue = ctx.store.spool_queue(&handle, &skip, room).await.map_err(|e| e.to_string())?;
                 // A short answer means nothing else is waiting.
                 need_scan = queue.len() >= room;
                 for (id, size) in queue {
@@ -239,6 +254,26 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                     inflight.insert(id, size);
                     inflight_bytes += size;
                 }
+            }
+            // Then the offers held in memory, as far as the window allows.
+            while inflight.len() < ctx.window {
+                let Some(entry) = backlog.front() else { break };
+                let size = entry.data.len() as i64;
+                if !inflight.is_empty() && inflight_bytes + size > MAX_INFLIGHT_BYTES {
+                    break;
+                }
+                let Some(entry) = backlog.pop_front() else { break };
+                backlog_ids.remove(entry.id.as_str());
+                backlog_bytes -= entry.data.len();
+                let id = entry.id.to_string();
+                // Sent meanwhile (scans skip the backlog's ids; kept as a guard).
+                if inflight.contains_key(&id) || deleting.contains(&id) {
+                    continue;
+                }
+                let entry = Arc::try_unwrap(entry).unwrap_or_else(|shared| (*shared).clone());
+                send_delivery(&mut send, entry).await?;
+                inflight.insert(id, size);
+                inflight_bytes += size;
             }
             tokio::select! {
                 frame = rx.recv() => {
@@ -309,24 +344,22 @@ async fn run(stream: TunnelStream, ctx: &TunnelContext) {
                     while let Ok(more) = registration.offers.try_recv() {
                         offers.push(more);
                     }
+                    // Held in the backlog, and sent from there at the top of
+                    // the loop as the window allows.
                     for entry in offers {
                         let id = entry.id.as_str();
-                        // Sent already, or the next scan will find it.
-                        if need_scan || inflight.contains_key(id) || deleting.contains(id) {
+                        // Sent already (by a scan), or waiting here already.
+                        if inflight.contains_key(id) || deleting.contains(id) || backlog_ids.contains(id) {
                             continue;
                         }
-                        let size = entry.data.len() as i64;
-                        let fits = inflight.len() < ctx.window
-                            && (inflight.is_empty() || inflight_bytes + size <= MAX_INFLIGHT_BYTES);
-                        if !fits {
+                        if backlog.len() >= BACKLOG_MAX || backlog_bytes + entry.data.len() > BACKLOG_MAX_BYTES {
+                            // Left in the spool for a scan to find.
                             need_scan = true;
                             continue;
                         }
-                        let id = id.to_string();
-                        let entry = Arc::try_unwrap(entry).unwrap_or_else(|shared| (*shared).clone());
-                        send_delivery(&mut send, entry).await?;
-                        inflight.insert(id, size);
-                        inflight_bytes += size;
+                        backlog_ids.insert(id.to_string());
+                        backlog_bytes += entry.data.len();
+                        backlog.push_back(entry);
                     }
                 }
                 changed = account_changes.recv() => {
