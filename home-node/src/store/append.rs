@@ -57,6 +57,10 @@ impl MailStore {
             .iter()
             .map(|i| i.meta.as_ref().and_then(|m| self.seal_metas(m)))
             .collect();
+        let data: Vec<std::borrow::Cow<[u8]>> = items
+            .iter()
+            .map(|i| super::packed::for_storage(i.data))
+            .collect();
         let n = items.len() as i64;
         // In turn with deliveries and relaxed writes (see `write_gate`).
         let _gate = self.write_gate.lock().await;
@@ -70,7 +74,7 @@ impl MailStore {
         let (first_uid, uidvalidity, first_modseq): (i64, i64, i64) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         let mut placed = Vec::with_capacity(items.len());
-        for (i, (item, sealed)) in items.iter().zip(sealed).enumerate() {
+        for (i, ((item, sealed), data)) in items.iter().zip(sealed).zip(&data).enumerate() {
             let uid = first_uid + i as i64;
             sqlx::query("INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
                 .bind(mailbox_id)
@@ -79,7 +83,7 @@ impl MailStore {
                 .bind(item.size)
                 .bind(item.flags)
                 .bind(first_modseq + 1 + i as i64)
-                .bind(item.data)
+                .bind(data.as_ref())
                 .execute(&mut *tx)
                 .await?;
             if let Some((meta, envelope)) = sealed {

@@ -7,6 +7,7 @@ mod listing;
 pub mod mailbox;
 mod messages;
 mod meta;
+pub(crate) mod packed;
 pub mod pop3;
 mod readers;
 
@@ -267,8 +268,18 @@ impl MailStore {
             .collect()
     }
 
-    /// The stored (encrypted) form of one message.
+    /// One message as it was stored (encrypted): unpacked (see `packed`).
     pub async fn raw(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        let data = self.stored(mailbox, uid).await?;
+        Ok(data.map(|d| packed::unpack(&d).into_owned()))
+    }
+
+    /// One message's row as it is kept, packed or not (`MailView` reads both).
+    pub(crate) async fn stored(
+        &self,
+        mailbox: &str,
+        uid: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let id = self.mailbox_id(mailbox).await?;
         let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
             .bind(id)
