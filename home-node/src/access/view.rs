@@ -70,24 +70,35 @@ impl MailView {
     /// Like [`MailView::render`], with the message's session key when it was
     /// kept from an earlier reading (the public-key step is then skipped), and
     /// giving the key back for next time.
+    ///
+    /// `stored` is a row of the store, packed or not (`store::packed`).
     pub fn render_with(
         &self,
         stored: &[u8],
         known: Option<&MessageKey>,
     ) -> (Vec<u8>, Option<MessageKey>) {
-        if self.ciphertext_to_apps || !omb_shared::mime::is_encrypted(stored) {
-            return (stored.to_vec(), None);
-        }
-        // The armour taken off here is far cheaper than by sequoia's reader.
-        let done = match super::armor::dearmor(stored) {
-            Some(binary) => omb_shared::pgp::decrypt_bytes_with(&self.keys.openpgp, &binary, known),
-            None => omb_shared::pgp::decrypt_message_with(&self.keys.openpgp, stored, known),
+        use crate::store::packed;
+        let keys = &self.keys.openpgp;
+        let done = match packed::split(stored) {
+            _ if self.ciphertext_to_apps => return (packed::unpack(stored).into_owned(), None),
+            // Kept binary: no armour to take off.
+            packed::Stored::Packed { binary, .. } => {
+                omb_shared::pgp::decrypt_bytes_with(keys, binary, known)
+            }
+            packed::Stored::AsIs(m) if !omb_shared::mime::is_encrypted(m) => {
+                return (m.to_vec(), None)
+            }
+            // The armour taken off here is far cheaper than by sequoia's reader.
+            packed::Stored::AsIs(m) => match super::armor::dearmor(m) {
+                Some(binary) => omb_shared::pgp::decrypt_bytes_with(keys, &binary, known),
+                None => omb_shared::pgp::decrypt_message_with(keys, m, known),
+            },
         };
         match done {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, "a stored message does not decrypt; handing it over as stored");
-                (stored.to_vec(), None)
+                (packed::unpack(stored).into_owned(), None)
             }
         }
     }

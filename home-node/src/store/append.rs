@@ -66,6 +66,10 @@ impl MailStore {
             .iter()
             .map(|i| i.meta.as_ref().and_then(|m| self.seal_metas(m)))
             .collect();
+        let data: Vec<std::borrow::Cow<[u8]>> = items
+            .iter()
+            .map(|i| super::packed::for_storage(i.data))
+            .collect();
         let n = items.len() as i64;
         // In turn with deliveries and relaxed writes (see `write_gate`).
         let _gate = self.write_gate.lock().await;
@@ -80,14 +84,15 @@ impl MailStore {
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         // Multi-row inserts: three statements for the batch, not three per
         // message (each statement is a round trip to SQLite's thread).
-        for (c, chunk) in items.chunks(ROWS).enumerate() {
+        // The data as stored: packed where it can be (see `packed`).
+        for (c, (chunk, data)) in items.chunks(ROWS).zip(data.chunks(ROWS)).enumerate() {
             let at = (c * ROWS) as i64;
             let sql = format!(
                 "INSERT INTO messages (mailbox_id, uid, internaldate, size, flags, modseq, data) VALUES {}",
                 rows(chunk.len(), 7)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (i, item) in chunk.iter().enumerate() {
+            for (i, (item, data)) in chunk.iter().zip(data).enumerate() {
                 let i = at + i as i64;
                 q = q
                     .bind(mailbox_id)
@@ -96,7 +101,7 @@ impl MailStore {
                     .bind(item.size)
                     .bind(item.flags)
                     .bind(first_modseq + 1 + i)
-                    .bind(item.data);
+                    .bind(data.as_ref());
             }
             q.execute(&mut *tx).await?;
         }

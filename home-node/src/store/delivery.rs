@@ -92,6 +92,11 @@ impl MailStore {
             return Ok(Vec::new());
         }
         let _gate = self.write_gate.lock().await;
+        // Packed before the write lock is taken (see `packed`).
+        let data: Vec<std::borrow::Cow<[u8]>> = items
+            .iter()
+            .map(|i| super::packed::for_storage(&i.data))
+            .collect();
         let mut tx = self.pool.begin_with(WRITE_TX).await?;
         let mut seen: HashSet<String> = HashSet::new();
         for chunk in items.chunks(MAX_ROWS) {
@@ -112,10 +117,10 @@ impl MailStore {
         // duplicate too.
         let mut out = Vec::with_capacity(items.len());
         let mut new = Vec::new();
-        for item in items {
+        for (item, data) in items.iter().zip(&data) {
             if seen.insert(item.id.clone()) {
                 out.push(None);
-                new.push(item);
+                new.push((item, data.as_ref()));
             } else {
                 out.push(Some(Stored::Duplicate));
             }
@@ -145,7 +150,7 @@ impl MailStore {
                 rows.join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox_id);
-            for (i, item) in chunk.iter().enumerate() {
+            for (i, (item, data)) in chunk.iter().enumerate() {
                 let k = (c * MAX_ROWS + i) as i64;
                 query = query
                     .bind(first_uid + k)
@@ -153,7 +158,7 @@ impl MailStore {
                     .bind(item.internaldate)
                     .bind(item.size)
                     .bind(first_modseq + k)
-                    .bind(&item.data);
+                    .bind(*data);
             }
             query.execute(&mut *tx).await?;
         }

@@ -213,11 +213,13 @@ impl MailStore {
 
     /// The stored (encrypted) form of one message.
     pub async fn data(&self, mailbox_id: i64, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut reader = self.readers.get().await?;
         let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
             .bind(mailbox_id)
             .bind(i64::from(uid))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut reader.conn)
             .await?;
+        self.readers.put(reader);
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 

@@ -111,13 +111,15 @@ impl MailStore {
             // One packed text value per span (`uid hex uid hex ...`): sqlx hands
             // rows over one at a time between threads, which would cost more
             // than reading them.
+            let mut reader = self.readers.get().await?;
             let packed: Option<String> = sqlx::query(sql)
                 .bind(mailbox_id)
                 .bind(i64::from(run.0))
                 .bind(i64::from(run.1))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut reader.conn)
                 .await?
                 .try_get(0)?;
+            self.readers.put(reader);
             let packed = packed.unwrap_or_default();
             let mut words = packed.split(' ');
             while let (Some(uid), Some(hex_value)) = (words.next(), words.next()) {
@@ -142,13 +144,15 @@ impl MailStore {
         mailbox_id: i64,
         uid: u32,
     ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+        let mut reader = self.readers.get().await?;
         let row = sqlx::query(
             "SELECT m.data, x.meta FROM messages m LEFT JOIN message_meta x ON x.mailbox_id = m.mailbox_id AND x.uid = m.uid WHERE m.mailbox_id = ?1 AND m.uid = ?2",
         )
         .bind(mailbox_id)
         .bind(i64::from(uid))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut reader.conn)
         .await?;
+        self.readers.put(reader);
         let Some(row) = row else {
             return Ok(None);
         };

@@ -7,7 +7,9 @@ mod listing;
 pub mod mailbox;
 mod messages;
 mod meta;
+pub(crate) mod packed;
 pub mod pop3;
+mod readers;
 
 pub use append::NewAppend;
 pub use listing::changes_between;
@@ -104,6 +106,8 @@ pub struct MailStore {
     /// SQLite's write lock, whose busy handler sleeps (1, 2, 5, 10 ms, …) and
     /// retries; a delivery waiting for its ack paid those sleeps.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Connections for the reads mail apps make most (see `readers`).
+    readers: std::sync::Arc<readers::Readers>,
 }
 
 impl MailStore {
@@ -133,7 +137,7 @@ impl MailStore {
             // An embedded connection does not go stale: no ping (a round trip
             // to its thread) before every query.
             .test_before_acquire(false)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         let meta_key = std::sync::Arc::new(meta::MetaKey::load_or_create(data_dir)?);
@@ -146,6 +150,7 @@ impl MailStore {
             generation: Default::default(),
             delivery: Default::default(),
             write_gate: Default::default(),
+            readers: std::sync::Arc::new(readers::Readers::new(opts)),
         };
         tokio::spawn(delivery::checkpoint_loop(
             store.pool.clone(),
@@ -157,6 +162,7 @@ impl MailStore {
     }
 
     pub async fn close(&self) {
+        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -262,8 +268,18 @@ impl MailStore {
             .collect()
     }
 
-    /// The stored (encrypted) form of one message.
+    /// One message as it was stored (encrypted): unpacked (see `packed`).
     pub async fn raw(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        let data = self.stored(mailbox, uid).await?;
+        Ok(data.map(|d| packed::unpack(&d).into_owned()))
+    }
+
+    /// One message's row as it is kept, packed or not (`MailView` reads both).
+    pub(crate) async fn stored(
+        &self,
+        mailbox: &str,
+        uid: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let id = self.mailbox_id(mailbox).await?;
         let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
             .bind(id)

@@ -56,9 +56,10 @@ impl MailStore {
         })
     }
 
-    /// The stored (encrypted) form of an INBOX message; `None` once it is gone.
+    /// The stored (encrypted) form of an INBOX message, as kept (for
+    /// `MailView::render`); `None` once it is gone.
     pub async fn pop3_message(&self, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.raw("INBOX", uid).await
+        self.stored("INBOX", uid).await
     }
 
     /// Keeps the POP3 sizes of INBOX messages (`(uid, octets)`) in one
