@@ -110,19 +110,18 @@ impl MailStore {
             .enumerate()
             .filter_map(|(i, s)| s.map(|s| (first_uid + i as i64, s)))
             .collect();
+        // Each table takes its half of the sealed pair.
+        type Part = fn(&(Vec<u8>, Vec<u8>)) -> &[u8];
+        let tables: [(&str, Part); 2] = [
+            ("message_meta (mailbox_id, uid, meta)", |s| &s.0),
+            ("message_envelope (mailbox_id, uid, envelope)", |s| &s.1),
+        ];
         for chunk in metas.chunks(ROWS) {
-            for table in [
-                "message_meta (mailbox_id, uid, meta)",
-                "message_envelope (mailbox_id, uid, envelope)",
-            ] {
+            for (table, part) in tables {
                 let sql = format!("INSERT INTO {table} VALUES {}", rows(chunk.len(), 3));
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (uid, (meta, envelope)) in chunk {
-                    let blob = match table.starts_with("message_meta") {
-                        true => meta,
-                        false => envelope,
-                    };
-                    q = q.bind(mailbox_id).bind(*uid).bind(blob.as_slice());
+                for (uid, sealed) in chunk {
+                    q = q.bind(mailbox_id).bind(*uid).bind(part(sealed));
                 }
                 q.execute(&mut *tx).await?;
             }

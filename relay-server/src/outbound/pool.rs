@@ -66,7 +66,7 @@ impl Pool {
                 idle?
             };
             if self.expired(&idle, Instant::now()) {
-                idle.conn.quit().await;
+                close(idle.conn);
                 continue;
             }
             let mut conn = idle.conn;
@@ -82,7 +82,7 @@ impl Pool {
 
     /// Keeps `conn` for the next pass to `key`, or closes it when reuse is
     /// off, the connection too old or the pool full.
-    pub async fn put(&self, key: Target, conn: Connection) {
+    pub fn put(&self, key: Target, conn: Connection) {
         let now = Instant::now();
         let refused = {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,13 +101,13 @@ impl Pool {
             }
         };
         if let Some(conn) = refused {
-            conn.quit().await;
+            close(conn);
         }
     }
 
     /// Closes, with `QUIT`, the connections idle too long; run every second
     /// or so.
-    pub async fn reap(&self) {
+    pub fn reap(&self) {
         let now = Instant::now();
         let old: Vec<Idle> = {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,7 +122,7 @@ impl Pool {
             old
         };
         for idle in old {
-            idle.conn.quit().await;
+            close(idle.conn);
         }
     }
 
@@ -137,6 +137,12 @@ impl Pool {
         now.duration_since(idle.since) >= self.idle
             || now.duration_since(idle.conn.opened) >= LIFETIME
     }
+}
+
+/// Says QUIT on a task of its own: a server slow to answer holds up neither
+/// a delivery pass nor the reaping of the other connections.
+fn close(conn: Connection) {
+    tokio::spawn(conn.quit());
 }
 
 #[cfg(test)]
@@ -240,7 +246,7 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(5));
         let mut conn = open(addr).await;
         deliver(&mut conn).await;
-        pool.put(target(addr), conn).await;
+        pool.put(target(addr), conn);
         assert_eq!(pool.len(), 1);
         let mut conn = pool.take(&target(addr)).await.expect("kept");
         deliver(&mut conn).await;
@@ -249,7 +255,7 @@ mod tests {
             tls: TlsRequirement::Verified,
             ..target(addr)
         };
-        pool.put(target(addr), conn).await;
+        pool.put(target(addr), conn);
         assert!(pool.take(&stricter).await.is_none(), "not for MTA-STS");
     }
 
@@ -261,7 +267,7 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(5));
         let mut conn = open(addr).await;
         deliver(&mut conn).await;
-        pool.put(target(addr), conn).await;
+        pool.put(target(addr), conn);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.take(&target(addr)).await.is_none());
         assert_eq!(pool.len(), 0);
@@ -271,14 +277,14 @@ mod tests {
     async fn idle_connections_are_closed_after_the_idle_time() {
         let (addr, _) = server(None).await;
         let pool = Pool::new(Duration::from_millis(100));
-        pool.put(target(addr), open(addr).await).await;
-        pool.reap().await;
+        pool.put(target(addr), open(addr).await);
+        pool.reap();
         assert_eq!(pool.len(), 1, "still fresh");
         tokio::time::sleep(Duration::from_millis(150)).await;
-        pool.reap().await;
+        pool.reap();
         assert_eq!(pool.len(), 0);
         let off = Pool::new(Duration::ZERO);
-        off.put(target(addr), open(addr).await).await;
+        off.put(target(addr), open(addr).await);
         assert_eq!(off.len(), 0, "reuse off");
     }
 }

@@ -40,7 +40,7 @@ impl Outbound {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                reaper.pool.reap().await;
+                reaper.pool.reap();
             }
         });
         let lease = self.lease();
@@ -206,7 +206,7 @@ impl Outbound {
             self.wake.notify_one();
         }
         if broken.is_none() {
-            self.pool.put(target, conn).await;
+            self.pool.put(target, conn);
         }
     }
 
