@@ -202,9 +202,9 @@ impl Connection {
                 trust.opportunistic.clone()
             }
             TlsRequirement::Verified => trust.verified.clone(),
-            TlsRequirement::Dane(records) => {
-                trust.dane(records).map_err(|e| required(&e.to_string()))?
-            }
+            TlsRequirement::Dane(records) => trust
+                .dane(records, &[server_name.to_string()])
+                .map_err(|e| required(&e.to_string()))?,
         };
         let plain = conn.stream.into_inner();
         let upgraded = tokio::time::timeout(timeout, connector.connect(name.clone(), plain))

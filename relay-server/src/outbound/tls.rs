@@ -79,13 +79,20 @@ impl Trust {
     }
 
     /// A client that takes only a certificate matching one of `records`
-    /// (usable TLSA records of the host, RFC 7672 §3.1).
-    pub fn dane(&self, records: &[Tlsa]) -> Result<TlsConnector, TlsError> {
+    /// (usable TLSA records of the host, RFC 7672 §3.1); under DANE-TA, one
+    /// valid for one of `names`, the reference identifiers (§3.2.2), not
+    /// for the name sent in SNI alone.
+    pub fn dane(&self, records: &[Tlsa], names: &[String]) -> Result<TlsConnector, TlsError> {
+        let names = names
+            .iter()
+            .filter_map(|n| ServerName::try_from(n.clone()).ok())
+            .collect();
         let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(DaneCert {
                 records: records.to_vec(),
+                names,
                 any: AnyCert(self.provider.clone()),
             }))
             .with_no_client_auth();
@@ -106,11 +113,12 @@ impl Trust {
     }
 }
 
-/// Accepts a certificate that matches a TLSA record; the handshake
-/// signature as [`AnyCert`].
+/// Accepts a certificate that matches a TLSA record (under DANE-TA, valid
+/// for one of `names`); the handshake signature as [`AnyCert`].
 #[derive(Debug)]
 struct DaneCert {
     records: Vec<Tlsa>,
+    names: Vec<ServerName<'static>>,
     any: AnyCert,
 }
 
@@ -119,13 +127,13 @@ impl ServerCertVerifier for DaneCert {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        name: &ServerName<'_>,
+        _: &ServerName<'_>,
         _: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
-        tlsa::verify(&self.records, &chain, name, now, &self.any.0)
+        tlsa::verify(&self.records, &chain, &self.names, now, &self.any.0)
             .map(|()| ServerCertVerified::assertion())
             .map_err(|e| rustls::Error::General(format!("DANE: {e}")))
     }

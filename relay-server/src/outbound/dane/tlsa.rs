@@ -80,12 +80,14 @@ pub fn usable(records: impl IntoIterator<Item = Tlsa>) -> Vec<Tlsa> {
 /// - DANE-EE(3): the end-entity certificate matches; its names and validity
 ///   dates are not checked (RFC 7672 §3.1.1);
 /// - DANE-TA(2): a certificate of the chain matches and, taken as the trust
-///   anchor, validates the chain with the end entity valid now for `name`,
-///   the MX host name (RFC 7672 §3.1.2, §3.2.3).
+///   anchor, validates the chain with the end entity valid now for one of
+///   `names`, the reference identifiers: the MX host name and, when it is
+///   an alias reached through a secure CNAME chain, the expanded name too
+///   (RFC 7672 §3.1.2, §3.2.2, §3.2.3).
 pub fn verify(
     records: &[Tlsa],
     chain: &[CertificateDer<'_>],
-    name: &ServerName<'_>,
+    names: &[ServerName<'_>],
     now: UnixTime,
     provider: &Arc<CryptoProvider>,
 ) -> Result<(), String> {
@@ -116,9 +118,14 @@ pub fn verify(
                     .map_err(|e| e.to_string())
             })
             .and_then(|verifier| {
-                verifier
-                    .verify_server_cert(end_entity, intermediates, name, &[], now)
-                    .map_err(|e| format!("DANE-TA: {e}"))
+                let mut last = "DANE-TA: no reference identifier to check".to_string();
+                for name in names {
+                    match verifier.verify_server_cert(end_entity, intermediates, name, &[], now) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = format!("DANE-TA: {e}"),
+                    }
+                }
+                Err(last)
             });
         match checked {
             Ok(_) => return Ok(()),
@@ -251,7 +258,7 @@ mod tests {
             verify(
                 std::slice::from_ref(&r),
                 std::slice::from_ref(&cert),
-                &name("mx.example.org"),
+                &[name("mx.example.org")],
                 now,
                 &p
             ),
@@ -263,7 +270,7 @@ mod tests {
             verify(
                 &[r],
                 std::slice::from_ref(&cert),
-                &name("mx.example.org"),
+                &[name("mx.example.org")],
                 later,
                 &p
             ),
@@ -271,7 +278,7 @@ mod tests {
         );
         // PKIX-EE with the same data is not used for SMTP.
         let pkix = record(PKIX_EE, CERT, SHA2_256, &cert);
-        assert!(verify(&[pkix], &[cert], &name("mx.example.org"), now, &p).is_err());
+        assert!(verify(&[pkix], &[cert], &[name("mx.example.org")], now, &p).is_err());
     }
 
     #[test]
@@ -292,24 +299,46 @@ mod tests {
                 verify(
                     std::slice::from_ref(&r),
                     &chain,
-                    &name("mx.example.org"),
+                    &[name("mx.example.org")],
                     now,
                     &p
                 ),
                 Ok(())
             );
             // The name is checked under DANE-TA.
-            let other_name = name("other.example.org");
+            let other_name = [name("other.example.org")];
             assert!(verify(std::slice::from_ref(&r), &chain, &other_name, now, &p).is_err());
             // The anchor must be in the chain the server sent.
-            assert!(verify(&[r], &chain[..1], &name("mx.example.org"), now, &p).is_err());
+            let mx = [name("mx.example.org")];
+            assert!(verify(&[r], &chain[..1], &mx, now, &p).is_err());
         }
         // A DANE-TA record naming the end entity of another CA's chain.
         let other = issued("mx.example.org");
         let r = record(DANE_TA, CERT, SHA2_256, &other[1]);
-        assert!(verify(&[r], &chain, &name("mx.example.org"), now, &p).is_err());
+        let mx = [name("mx.example.org")];
+        assert!(verify(&[r], &chain, &mx, now, &p).is_err());
         // A DANE-EE record for the CA is not a match for the end entity.
         let r = record(DANE_EE, CERT, SHA2_256, &chain[1]);
-        assert!(verify(&[r], &chain, &name("mx.example.org"), now, &p).is_err());
+        assert!(verify(&[r], &chain, &mx, now, &p).is_err());
+    }
+
+    #[test]
+    fn dane_ta_takes_the_mx_host_name_or_its_expansion() {
+        // The certificate names only the expanded name of an alias MX host
+        // (RFC 7672 §3.2.2: either name is a reference identifier).
+        let chain = issued("mx-final.example.org");
+        let p = provider();
+        let now = UnixTime::now();
+        let r = record(DANE_TA, CERT, SHA2_256, &chain[1]);
+        let both = [name("mx-alias.example.org"), name("mx-final.example.org")];
+        assert_eq!(
+            verify(std::slice::from_ref(&r), &chain, &both, now, &p),
+            Ok(())
+        );
+        // The MX host name alone (no secure expansion) does not do.
+        let alias = [name("mx-alias.example.org")];
+        assert!(verify(std::slice::from_ref(&r), &chain, &alias, now, &p).is_err());
+        // No name at all: nothing to match.
+        assert!(verify(&[r], &chain, &[], now, &p).is_err());
     }
 }
