@@ -228,8 +228,11 @@ impl Outbound {
         for target @ Target { name, addr, tls } in targets {
             match Connection::open(*addr, name, &self.hostname, &self.trust, tls, timeout).await {
                 Ok(c) => {
-                    let dane = matches!(tls, TlsRequirement::Dane(_));
-                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), dane, "connected");
+                    let (dane, tlsa_base) = match tls {
+                        TlsRequirement::Dane(d) => (true, Some(tracing::field::display(&d.base))),
+                        _ => (false, None),
+                    };
+                    info!(host = %name, %addr, tls = c.tls, pkix = c.pkix.is_ok(), dane, tlsa_base, "connected");
                     if let (Some(Mode::Testing), Err(why)) = (mode, &c.pkix) {
                         warn!(host = %name, error = %why, "MTA-STS (testing): this MX fails the domain's policy; delivering anyway");
                     }
@@ -315,7 +318,7 @@ impl Outbound {
         let mut failed = None;
         for name in names {
             let tls = match dane.iter().find(|(n, _)| *n == name).map(|(_, h)| h) {
-                Some(HostDane::Authenticated(records)) => TlsRequirement::Dane(records.clone()),
+                Some(HostDane::Authenticated(dane)) => TlsRequirement::Dane(dane.clone()),
                 Some(HostDane::Encrypted) => TlsRequirement::Encrypted,
                 // RFC 7672 §2.2.3: a host whose TLSA records cannot be
                 // looked up securely is not used.

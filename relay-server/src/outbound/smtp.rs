@@ -5,7 +5,7 @@
 //! `enforce` mode requires it with a valid certificate (RFC 8461 §4.2), or
 //! the host's DANE TLSA records require it with a matching one (RFC 7672).
 
-use super::dane::Tlsa;
+use super::dane::DaneTls;
 use super::tls::Trust;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,8 +86,8 @@ pub enum TlsRequirement {
     /// delivery.
     Verified,
     /// STARTTLS and a certificate matching one of these usable TLSA records
-    /// (DANE), or no delivery.
-    Dane(Vec<Tlsa>),
+    /// (DANE), or no delivery; SNI names the TLSA base domain.
+    Dane(DaneTls),
     /// STARTTLS with any certificate, or no delivery: DANE with TLSA
     /// records none of which is usable (RFC 7672 §2.2).
     Encrypted,
@@ -195,15 +195,20 @@ impl Connection {
             // Opportunistic: carry on in the clear.
             return Ok(conn);
         }
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        // RFC 7672 §8.1: under DANE, SNI carries the TLSA base domain.
+        let sni = match requirement {
+            TlsRequirement::Dane(dane) => &dane.base,
+            _ => server_name,
+        };
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string())
             .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(peer.ip().into()));
         let connector = match requirement {
             TlsRequirement::Opportunistic | TlsRequirement::Encrypted => {
                 trust.opportunistic.clone()
             }
             TlsRequirement::Verified => trust.verified.clone(),
-            TlsRequirement::Dane(records) => trust
-                .dane(records, &[server_name.to_string()])
+            TlsRequirement::Dane(dane) => trust
+                .dane(&dane.records, &dane.names)
                 .map_err(|e| required(&e.to_string()))?,
         };
         let plain = conn.stream.into_inner();
