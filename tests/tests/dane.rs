@@ -16,7 +16,16 @@
 //!   MX records fail validation (bogus), the mail waits;
 //! - nomx.dane.example and nomx-bad.dane.example, no MX records, a secure A
 //!   record and a `3 1 1` record of Postfix's key or another: each is its
-//!   own host under DANE (RFC 7672 §2.2.1), delivered over TLS or waiting.
+//!   own host under DANE (RFC 7672 §2.2.1), delivered over TLS or waiting;
+//! - MX hosts that are aliases (RFC 7672 §2.2.2, RFC 7671 §7), each a
+//!   secure CNAME to a name with a secure A record: cname.dane.example,
+//!   Postfix's `3 1 1` only at the expanded name's `_PORT._tcp.` (delivered
+//!   under DANE, that name the TLSA base domain); cname-bad.dane.example,
+//!   another key's record at the expanded name and Postfix's at the MX
+//!   host name (the expanded name's records win: the mail waits);
+//!   cname-orig.dane.example, no TLSA records at the expanded name and
+//!   Postfix's at the MX host name (delivered under DANE, through the
+//!   original name).
 
 use omb_tests::harness::{free_port, have_tool, is_root, wait_until, Relay, TestDir};
 use omb_tests::knot::{Knot, Zone};
@@ -75,7 +84,14 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
          plain NS ns1.plain\nns1.plain A 127.0.0.1\n\
          bogus NS ns1.bogus\nns1.bogus A 127.0.0.1\nbogus DS 4242 13 2 {good}\n\
          nomx A 127.0.0.1\n_{postfix_port}._tcp.nomx TLSA 3 1 1 {good}\n\
-         nomx-bad A 127.0.0.1\n_{postfix_port}._tcp.nomx-bad TLSA 3 1 1 {wrong}\n"
+         nomx-bad A 127.0.0.1\n_{postfix_port}._tcp.nomx-bad TLSA 3 1 1 {wrong}\n\
+         cname MX 10 mx-alias\nmx-alias CNAME mx-final\nmx-final A 127.0.0.1\n\
+         _{postfix_port}._tcp.mx-final TLSA 3 1 1 {good}\n\
+         cname-bad MX 10 mx-alias-bad\nmx-alias-bad CNAME mx-final-bad\nmx-final-bad A 127.0.0.1\n\
+         _{postfix_port}._tcp.mx-final-bad TLSA 3 1 1 {wrong}\n\
+         _{postfix_port}._tcp.mx-alias-bad TLSA 3 1 1 {good}\n\
+         cname-orig MX 10 mx-alias-orig\nmx-alias-orig CNAME mx-final-orig\n\
+         mx-final-orig A 127.0.0.1\n_{postfix_port}._tcp.mx-alias-orig TLSA 3 1 1 {good}\n"
     );
     let plain = format!("@ MX 10 mx\nmx A 127.0.0.1\n_{postfix_port}._tcp.mx TLSA 3 1 1 {wrong}\n");
     let knot = Knot::start_zones(
@@ -110,6 +126,9 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
         "bogus.dane.example",
         "nomx.dane.example",
         "nomx-bad.dane.example",
+        "cname.dane.example",
+        "cname-bad.dane.example",
+        "cname-orig.dane.example",
     ];
     let postfix = Postfix::new(dir.path(), postfix_port, &domains, Some((&cert, &key)));
     postfix.postfix("start");
@@ -219,5 +238,58 @@ fn dane_tlsa_records_are_enforced_on_outbound_delivery() {
             >= 2
     });
     assert!(postfix.with_subject("no mx mismatch").is_none());
+
+    // (6) An MX host that is an alias, by a secure CNAME: its TLSA records
+    //     are looked up at the expanded name first (RFC 7672 §2.2.2), and
+    //     found there, that name is the TLSA base domain.
+    submit("frank@cname.dane.example", "cname matching");
+    wait_until(
+        Duration::from_secs(60),
+        "delivery to cname.dane.example",
+        || postfix.with_subject("cname matching").is_some(),
+    );
+    let log = relay.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("connected")
+            && l.contains("host=mx-alias.dane.example")
+            && l.contains("dane=true")
+            && l.contains("tlsa_base=mx-final.dane.example")),
+        "{log}"
+    );
+
+    // (7) The expanded name's records do not match (the MX host name's
+    //     would): they are the ones used, and the mail waits.
+    submit("frank@cname-bad.dane.example", "cname mismatch");
+    wait_until(Duration::from_secs(60), "cname-bad deferrals", || {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("deferred")
+                    && l.contains("frank@cname-bad.dane.example")
+                    && l.contains("4.7.5")
+            })
+            .count()
+            >= 2
+    });
+    assert!(postfix.with_subject("cname mismatch").is_none());
+
+    // (8) No TLSA records at the expanded name: those of the MX host name
+    //     apply (RFC 7671 §7).
+    submit("frank@cname-orig.dane.example", "cname original");
+    wait_until(
+        Duration::from_secs(60),
+        "delivery to cname-orig.dane.example",
+        || postfix.with_subject("cname original").is_some(),
+    );
+    let log = relay.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("connected")
+            && l.contains("host=mx-alias-orig.dane.example")
+            && l.contains("dane=true")
+            && l.contains("tlsa_base=mx-alias-orig.dane.example")),
+        "{log}"
+    );
+    assert!(postfix.with_subject("cname mismatch").is_none());
     drop(alice);
 }
