@@ -436,6 +436,8 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
 
     /// An opportunistic connection to a scripted server that offers no TLS.
     async fn plain(addr: SocketAddr) -> Connection {
@@ -469,6 +471,121 @@ mod tests {
     fn dot_stuffing() {
         assert_eq!(dot_stuff(b"a\r\n.b\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+    }
+
+    /// A certificate for `name` issued by a CA of its own: the chain
+    /// (end entity first) and the end entity's key.
+    fn issued(name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let ee = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![ee.der().clone(), ca.der().clone()], key)
+    }
+
+    /// A server that offers STARTTLS with `chain` and returns the name the
+    /// client sent in SNI, once the handshake is done.
+    async fn starttls_server(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Option<String>>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.ok()?;
+            let mut s = BufReader::new(s);
+            let mut line = Vec::new();
+            s.get_mut().write_all(b"220 hi\r\n").await.ok()?;
+            s.read_until(b'\n', &mut line).await.ok()?;
+            s.get_mut()
+                .write_all(b"250-x\r\n250 STARTTLS\r\n")
+                .await
+                .ok()?;
+            s.read_until(b'\n', &mut line).await.ok()?;
+            s.get_mut().write_all(b"220 go\r\n").await.ok()?;
+            let tls = acceptor.accept(s.into_inner()).await.ok()?;
+            let sni = tls.get_ref().1.server_name().map(str::to_string);
+            let mut tls = BufReader::new(tls);
+            tls.read_until(b'\n', &mut line).await.ok()?;
+            tls.get_mut().write_all(b"250 ok\r\n").await.ok()?;
+            sni
+        });
+        (addr, server)
+    }
+
+    /// DANE with an MX host that is an alias: SNI carries the TLSA base
+    /// domain, the expanded name, not the MX host name (RFC 7672 §8.1); a
+    /// DANE-TA(2) certificate naming only the expanded name is taken when
+    /// that name is a reference identifier (§3.2.2), refused when not.
+    #[tokio::test]
+    async fn dane_sends_the_tlsa_base_domain_and_checks_the_reference_names() {
+        use super::super::dane::tlsa::{Tlsa, CERT, DANE_TA, SHA2_256};
+        use sha2::{Digest, Sha256};
+        let trust = Trust::new(None).unwrap();
+        let (chain, key) = issued("mx-final.example");
+        let anchor = Tlsa {
+            usage: DANE_TA,
+            selector: CERT,
+            matching: SHA2_256,
+            data: Sha256::digest(&chain[1]).to_vec(),
+        };
+        let dane = |names: &[&str]| {
+            TlsRequirement::Dane(DaneTls {
+                records: vec![anchor.clone()],
+                base: "mx-final.example".into(),
+                names: names.iter().map(|n| n.to_string()).collect(),
+            })
+        };
+        let timeout = Duration::from_secs(5);
+
+        let (addr, server) = starttls_server(chain.clone(), key.clone_key()).await;
+        let both = dane(&["mx-final.example", "mx-alias.example"]);
+        let conn = Connection::open(
+            addr,
+            "mx-alias.example",
+            "relay.test",
+            &trust,
+            &both,
+            timeout,
+        )
+        .await
+        .unwrap();
+        assert!(conn.tls);
+        assert_eq!(server.await.unwrap().as_deref(), Some("mx-final.example"));
+
+        // The MX host name alone is not the name the certificate carries.
+        let (addr, _server) = starttls_server(chain, key).await;
+        let alias = dane(&["mx-alias.example"]);
+        let result = Connection::open(
+            addr,
+            "mx-alias.example",
+            "relay.test",
+            &trust,
+            &alias,
+            timeout,
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(SmtpError::TlsRequired(_, "DANE", _))),
+            "{:?}",
+            result.err()
+        );
     }
 
     /// MTA-STS `enforce`: a server without STARTTLS gets no mail.
