@@ -5,6 +5,7 @@
 
 use super::WRITE_TX;
 use super::{MailStore, StoreError};
+use rusqlite::OptionalExtension;
 use sqlx::{Row, Sqlite, Transaction};
 use std::sync::{Arc, LazyLock};
 
@@ -213,14 +214,11 @@ impl MailStore {
 
     /// The stored (encrypted) form of one message.
     pub async fn data(&self, mailbox_id: i64, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut reader = self.readers.get().await?;
-        let row = sqlx::query("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")
-            .bind(mailbox_id)
-            .bind(i64::from(uid))
-            .fetch_optional(&mut reader.conn)
-            .await?;
-        self.readers.put(reader);
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        Ok(self.readers.read(|c| {
+            c.prepare_cached("SELECT data FROM messages WHERE mailbox_id = ?1 AND uid = ?2")?
+                .query_row((mailbox_id, i64::from(uid)), |r| r.get(0))
+                .optional()
+        })?)
     }
 
     /// Changes the flags of the given messages. With `unchanged_since`

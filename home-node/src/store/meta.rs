@@ -6,6 +6,7 @@
 use super::{MailStore, StoreError, WRITE_TX};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use rusqlite::OptionalExtension;
 use sqlx::Row;
 use std::path::Path;
 
@@ -102,36 +103,25 @@ impl MailStore {
         uids: &[u32],
     ) -> Result<Vec<(u32, Option<Vec<u8>>)>, StoreError> {
         let sql = match what {
-            Cached::Meta => "SELECT group_concat(uid || ' ' || hex(meta), ' ') FROM (SELECT uid, meta FROM message_meta WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid)",
-            Cached::Envelope => "SELECT group_concat(uid || ' ' || hex(envelope), ' ') FROM (SELECT uid, envelope FROM message_envelope WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid)",
+            Cached::Meta => "SELECT uid, meta FROM message_meta WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3",
+            Cached::Envelope => "SELECT uid, envelope FROM message_envelope WHERE mailbox_id = ?1 AND uid BETWEEN ?2 AND ?3",
         };
         let mut out = Vec::with_capacity(uids.len());
         // Contiguous runs are read as ranges, so 1:* costs one query.
         for run in runs(uids) {
-            // One packed text value per span (`uid hex uid hex ...`): sqlx hands
-            // rows over one at a time between threads, which would cost more
-            // than reading them.
-            let mut reader = self.readers.get().await?;
-            let packed: Option<String> = sqlx::query(sql)
-                .bind(mailbox_id)
-                .bind(i64::from(run.0))
-                .bind(i64::from(run.1))
-                .fetch_one(&mut reader.conn)
-                .await?
-                .try_get(0)?;
-            self.readers.put(reader);
-            let packed = packed.unwrap_or_default();
-            let mut words = packed.split(' ');
-            while let (Some(uid), Some(hex_value)) = (words.next(), words.next()) {
-                let Ok(uid) = uid.parse::<u32>() else {
-                    continue;
-                };
-                if uids.binary_search(&uid).is_err() {
-                    continue;
+            self.readers.read(|c| {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query((mailbox_id, i64::from(run.0), i64::from(run.1)))?;
+                while let Some(row) = rows.next()? {
+                    let uid: u32 = row.get(0)?;
+                    if uids.binary_search(&uid).is_err() {
+                        continue;
+                    }
+                    let sealed = row.get_ref(1)?.as_blob()?;
+                    out.push((uid, self.meta_key.open(sealed)));
                 }
-                let sealed = unhex(hex_value);
-                out.push((uid, self.meta_key.open(&sealed)));
-            }
+                Ok(())
+            })?;
         }
         out.sort_unstable_by_key(|m| m.0);
         Ok(out)
@@ -144,21 +134,24 @@ impl MailStore {
         mailbox_id: i64,
         uid: u32,
     ) -> Result<Option<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
-        let mut reader = self.readers.get().await?;
-        let row = sqlx::query(
-            "SELECT m.data, x.meta FROM messages m LEFT JOIN message_meta x ON x.mailbox_id = m.mailbox_id AND x.uid = m.uid WHERE m.mailbox_id = ?1 AND m.uid = ?2",
-        )
-        .bind(mailbox_id)
-        .bind(i64::from(uid))
-        .fetch_optional(&mut reader.conn)
-        .await?;
-        self.readers.put(reader);
-        let Some(row) = row else {
+        let row = self.readers.read(|c| {
+            c.prepare_cached(
+                "SELECT m.data, x.meta FROM messages m LEFT JOIN message_meta x ON x.mailbox_id = m.mailbox_id AND x.uid = m.uid WHERE m.mailbox_id = ?1 AND m.uid = ?2",
+            )?
+            .query_row((mailbox_id, i64::from(uid)), |r| {
+                let data: Vec<u8> = r.get(0)?;
+                let meta = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Blob(sealed) => self.meta_key.open(sealed),
+                    _ => None,
+                };
+                Ok((data, meta))
+            })
+            .optional()
+        })?;
+        let Some((data, meta)) = row else {
             return Ok(None);
         };
-        let data: Vec<u8> = row.try_get(0)?;
-        let sealed: Option<Vec<u8>> = row.try_get(1)?;
-        Ok(Some((data, sealed.and_then(|s| self.meta_key.open(&s)))))
+        Ok(Some((data, meta)))
     }
 
     /// Caches a message's metadata and its envelope (both encrypted).
@@ -257,33 +250,6 @@ impl MailStore {
     }
 }
 
-/// SQLite's hex() back to bytes (upper-case digits; anything else reads as 0,
-/// and the AEAD then refuses the value). A table, not a match per digit: for
-/// a FETCH of a big folder's envelopes this loop was a quarter of the time.
-fn unhex(s: &str) -> Vec<u8> {
-    const DIGITS: [u8; 256] = {
-        let mut t = [0u8; 256];
-        let mut i = 0;
-        while i < 10 {
-            t[b'0' as usize + i] = i as u8;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 6 {
-            t[b'A' as usize + i] = 10 + i as u8;
-            t[b'a' as usize + i] = 10 + i as u8;
-            i += 1;
-        }
-        t
-    };
-    let bytes = s.as_bytes();
-    let mut out = vec![0u8; bytes.len() / 2];
-    for (o, p) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *o = (DIGITS[p[0] as usize] << 4) | DIGITS[p[1] as usize];
-    }
-    out
-}
-
 /// Sorted UIDs as inclusive spans, small gaps (expunged UIDs) bridged so a
 /// mailbox is read in a few range queries.
 fn runs(uids: &[u32]) -> Vec<(u32, u32)> {
@@ -299,11 +265,6 @@ fn runs(uids: &[u32]) -> Vec<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn unhex_reads_sqlite_hex() {
-        assert_eq!(super::unhex("00FFa0"), vec![0, 255, 160]);
-    }
-
     #[test]
     fn runs_bridge_small_gaps() {
         assert_eq!(

@@ -43,6 +43,8 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
 pub enum StoreError {
     #[error("mail store database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("mail store database, reading: {0}")]
+    Read(#[from] rusqlite::Error),
     #[error("mail store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no folder called {0:?}")]
@@ -114,24 +116,22 @@ impl MailStore {
     /// Opens the store in `data_dir` (creating it and its default folders).
     /// WAL with `synchronous=FULL`: a message is on disk when `deliver` returns.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(&format!(
-            "sqlite://{}",
-            data_dir.join("mail.db").display()
-        ))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .busy_timeout(std::time::Duration::from_secs(10))
-        // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the
-        // node's memory target is 50 MiB on a Pi, the hot data (folder
-        // listings) is held by the store itself, and the kernel caches the
-        // file anyway.
-        .pragma("cache_size", "-1024")
-        // Checkpoints run in their own task (`delivery::checkpoint_loop`),
-        // not inside the delivery commit that crosses the WAL threshold.
-        .pragma("wal_autocheckpoint", "0")
-        .pragma("journal_size_limit", "67108864");
+        let path = data_dir.join("mail.db");
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the
+            // node's memory target is 50 MiB on a Pi, the hot data (folder
+            // listings) is held by the store itself, and the kernel caches the
+            // file anyway.
+            .pragma("cache_size", "-1024")
+            // Checkpoints run in their own task (`delivery::checkpoint_loop`),
+            // not inside the delivery commit that crosses the WAL threshold.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // An embedded connection does not go stale: no ping (a round trip
@@ -150,7 +150,7 @@ impl MailStore {
             generation: Default::default(),
             delivery: Default::default(),
             write_gate: Default::default(),
-            readers: std::sync::Arc::new(readers::Readers::new(opts)),
+            readers: std::sync::Arc::new(readers::Readers::new(path)),
         };
         tokio::spawn(delivery::checkpoint_loop(
             store.pool.clone(),
@@ -162,7 +162,7 @@ impl MailStore {
     }
 
     pub async fn close(&self) {
-        self.readers.close().await;
+        self.readers.close();
         self.pool.close().await;
     }
 
