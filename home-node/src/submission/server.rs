@@ -68,6 +68,9 @@ pub struct SubmissionServer {
     tls: TlsAcceptor,
     connections: Arc<ConnectionLimits>,
     sent: SentKeeper,
+    /// None when the DKIM key cannot be encoded (logged at start): every
+    /// submission then gets a temporary failure.
+    signers: Option<Arc<sign::Signers>>,
 }
 
 impl SubmissionServer {
@@ -79,7 +82,15 @@ impl SubmissionServer {
         submits: mpsc::Sender<SubmitRequest>,
         limits: Limits,
     ) -> Arc<Self> {
+        let signers = match keys.dkim.pkcs1_der() {
+            Ok(der) => Some(Arc::new(sign::Signers::new(der))),
+            Err(e) => {
+                warn!(error = %e, "the DKIM key is unusable: submissions will be refused for now");
+                None
+            }
+        };
         Arc::new(SubmissionServer {
+            signers,
             tls: TlsAcceptor::from(ctx.tls.clone()),
             connections: ConnectionLimits::new(limits.per_ip, limits.total),
             sent: SentKeeper::start(ctx.clone()),
@@ -283,17 +294,13 @@ async fn submit(server: &SubmissionServer, tx: Transaction) -> SubmitVerdict {
         Err(e) => return SubmitVerdict::Permanent(e.to_string()),
     };
     let selector = sign::selector(&domain, server.relay_domain(), &facts.handle);
-    let key = match server.keys.dkim.pkcs1_der() {
-        Ok(k) => k,
-        Err(e) => {
-            warn!(error = %e, "the DKIM key is unusable");
-            return SubmitVerdict::Temporary("4.3.0 Cannot sign the message".into());
-        }
+    let Some(signers) = server.signers.clone() else {
+        return SubmitVerdict::Temporary("4.3.0 Cannot sign the message".into());
     };
     let mut message = sign::missing_fields(&tx.data, &domain).into_bytes();
     message.extend_from_slice(&tx.data);
     let signed =
-        tokio::task::spawn_blocking(move || sign::sign(&key, &domain, &selector, &message)).await;
+        tokio::task::spawn_blocking(move || signers.sign(&domain, &selector, &message)).await;
     let signed = match signed {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return SubmitVerdict::Temporary(e.to_string()),
