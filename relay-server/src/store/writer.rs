@@ -8,7 +8,7 @@
 
 use super::outbound::{self, DueRcpt, NewOutbound};
 use super::{spool, SpoolEntry, Store, StoreError};
-use sqlx::AnyPool;
+use sqlx::{AnyConnection, AnyPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
@@ -86,6 +86,11 @@ async fn write_loop(
     committed: Arc<Notify>,
     turn: Arc<Mutex<()>>,
 ) {
+    // The writer's own connection, taken out of the pool: sqlx pings a
+    // connection on every return to its pool (for SQLite, a round trip to
+    // the connection's thread), which was one per batch. It is dropped after
+    // a failed batch and a new one taken, so no failure's state lingers.
+    let mut conn: Option<AnyConnection> = None;
     while let Some(first) = rx.recv().await {
         let mut ops = vec![first];
         while ops.len() < BATCH {
@@ -96,7 +101,7 @@ async fn write_loop(
         }
         let all: Vec<&WriteOp> = ops.iter().map(|(op, _)| op).collect();
         let _turn = turn.lock().await;
-        match write_batch(&pool, &all).await {
+        match write_batch(&pool, &mut conn, &all).await {
             Ok(results) => {
                 committed.notify_one();
                 for ((_, reply), result) in ops.into_iter().zip(results) {
@@ -112,7 +117,7 @@ async fn write_loop(
             // transaction: each is tried again alone.
             Err(_) => {
                 for (op, reply) in ops {
-                    let result = write_batch(&pool, &[&op]).await;
+                    let result = write_batch(&pool, &mut conn, &[&op]).await;
                     if result.is_ok() {
                         committed.notify_one();
                     }
@@ -124,12 +129,46 @@ async fn write_loop(
             }
         }
     }
+    if let Some(conn) = conn {
+        let _ = sqlx::Connection::close(conn).await;
+    }
+}
+
+/// One batch on the writer's connection (taken from `pool` when there is
+/// none; dropped when the batch fails, and the batch tried once more on a
+/// new one when it was the connection that failed).
+async fn write_batch(
+    pool: &AnyPool,
+    conn: &mut Option<AnyConnection>,
+    ops: &[&WriteOp],
+) -> Result<Vec<Written>, sqlx::Error> {
+    if let Some(c) = conn {
+        match write_transaction(c, ops).await {
+            Ok(written) => return Ok(written),
+            // The connection itself failed (the database server restarted,
+            // say): once more on a new one.
+            Err(sqlx::Error::Io(_) | sqlx::Error::Protocol(_)) => *conn = None,
+            Err(e) => {
+                *conn = None;
+                return Err(e);
+            }
+        }
+    }
+    let c = conn.insert(pool.acquire().await?.detach());
+    let result = write_transaction(c, ops).await;
+    if result.is_err() {
+        *conn = None;
+    }
+    result
 }
 
 /// One transaction for a batch; the results are in the order of `ops`.
-async fn write_batch(pool: &AnyPool, ops: &[&WriteOp]) -> Result<Vec<Written>, sqlx::Error> {
+async fn write_transaction(
+    conn: &mut AnyConnection,
+    ops: &[&WriteOp],
+) -> Result<Vec<Written>, sqlx::Error> {
     let now = super::now();
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(conn).await?;
     // The outbound inserts of the batch go together, in a few statements.
     let submitted: Vec<&NewOutbound> = ops
         .iter()
