@@ -54,11 +54,19 @@ impl MailView {
     /// Like [`MailView::seal`], also giving the message's session key for
     /// the metadata cache: its first reading then skips the public-key
     /// step, as for any message read before.
+    ///
+    /// The message comes back as the store keeps it, packed
+    /// (`store::packed`): the OpenPGP message is made in binary and never
+    /// armoured here.
     pub fn seal_keyed(
         &self,
         message: &[u8],
     ) -> Result<(Vec<u8>, MessageKey), omb_shared::pgp::PgpError> {
-        omb_shared::pgp::encrypt_whole_message_keyed(&self.keys.openpgp, message)
+        let (parts, key) =
+            omb_shared::pgp::encrypt_whole_message_parts(&self.keys.openpgp, message)?;
+        let packed = crate::store::packed::from_parts(&parts.head, &parts.binary, &parts.tail)
+            .ok_or_else(|| std::io::Error::other("the message is too large to store"))?;
+        Ok((packed, key))
     }
 
     /// The message as apps get it. A stored message this node's key cannot

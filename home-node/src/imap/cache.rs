@@ -111,7 +111,7 @@ impl Sealed {
     pub fn seal(view: &MailView, message: &[u8]) -> Option<Sealed> {
         let (data, key) = view.seal_keyed(message).ok()?;
         let meta = if view.ciphertext_to_apps() {
-            Meta::build(&data, true, None)
+            Meta::build(&crate::store::packed::unpack(&data), true, None)
         } else {
             Meta::build(message, false, Some(&key))
         };

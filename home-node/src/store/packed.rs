@@ -73,14 +73,19 @@ pub(crate) fn pack(message: &[u8]) -> Option<Vec<u8>> {
     if armour(&binary) != block {
         return None;
     }
-    let (head, tail) = (&message[..start], &message[end..]);
+    from_parts(&message[..start], &binary, &message[end..])
+}
+
+/// The packed row of the message that is `head`, then `binary` armoured as
+/// [`unpack`] armours it, then `tail`; None past 4 GiB of text.
+pub(crate) fn from_parts(head: &[u8], binary: &[u8], tail: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(MAGIC.len() + 8 + head.len() + tail.len() + binary.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&u32::try_from(head.len()).ok()?.to_le_bytes());
     out.extend_from_slice(head);
     out.extend_from_slice(&u32::try_from(tail.len()).ok()?.to_le_bytes());
     out.extend_from_slice(tail);
-    out.extend_from_slice(&binary);
+    out.extend_from_slice(binary);
     Some(out)
 }
 
@@ -186,6 +191,26 @@ mod tests {
                 panic!("packed row reads as packed");
             };
             assert_eq!(pgp::decrypt_bytes(&cert, binary).unwrap(), plain);
+        }
+    }
+
+    #[test]
+    fn messages_sealed_in_parts_are_what_packing_makes() {
+        let cert = pgp::generate_cert(&["t@example.org".into()]).unwrap();
+        for n in [0usize, 1, 2, 3, 47, 48, 49, 100, 3000, 20_000] {
+            let plain: Vec<u8> = (0..n).map(|i| b"abcdefgh\r\n"[i % 10]).collect();
+            let plain = [b"Subject: t\r\n\r\n".as_slice(), &plain].concat();
+            let (parts, key) = pgp::encrypt_whole_message_parts(&cert, &plain).unwrap();
+            let packed = from_parts(&parts.head, &parts.binary, &parts.tail).unwrap();
+            // Unpacked, it is a PGP/MIME message as the relay's are, which
+            // packing takes apart into the same row again.
+            let message = unpack(&packed).into_owned();
+            assert!(message.starts_with(b"MIME-Version: 1.0\r\nContent-Type: multipart/encrypted;"));
+            assert!(message.ends_with(b"--\r\n"));
+            assert_eq!(pack(&message).as_deref(), Some(packed.as_slice()));
+            assert_eq!(pgp::decrypt_message(&cert, &message).unwrap(), plain);
+            let (again, _) = pgp::decrypt_bytes_with(&cert, &parts.binary, Some(&key)).unwrap();
+            assert_eq!(again, plain);
         }
     }
 

@@ -100,6 +100,16 @@ fn encrypt_armored_with(
     data: &[u8],
     key: Option<&MessageKey>,
 ) -> Result<Vec<u8>, PgpError> {
+    Ok(to_crlf(&encrypt_with(cert, data, key, true)?))
+}
+
+/// `data` encrypted to `cert`'s encryption keys, armoured or binary.
+fn encrypt_with(
+    cert: &Cert,
+    data: &[u8],
+    key: Option<&MessageKey>,
+    armoured: bool,
+) -> Result<Vec<u8>, PgpError> {
     let p = StandardPolicy::new();
     let recipients: Vec<_> = cert
         .keys()
@@ -115,7 +125,10 @@ fn encrypt_armored_with(
     let mut sink = Vec::with_capacity(data.len() * 4 / 3 + 1024);
     {
         let message = Message::new(&mut sink);
-        let message = Armorer::new(message).build()?;
+        let message = match armoured {
+            true => Armorer::new(message).build()?,
+            false => message,
+        };
         let message = match key {
             Some(MessageKey {
                 algo: Some(algo),
@@ -129,7 +142,7 @@ fn encrypt_armored_with(
         message.write_all(data)?;
         message.finalize()?;
     }
-    Ok(to_crlf(&sink))
+    Ok(sink)
 }
 
 fn to_crlf(text: &[u8]) -> Vec<u8> {
@@ -174,14 +187,63 @@ fn encrypt_whole_message_with(
     key: Option<&MessageKey>,
 ) -> Result<Vec<u8>, PgpError> {
     let armored = encrypt_armored_with(cert, message, key)?;
-    let boundary = format!(
+    let boundary = new_boundary();
+    let head = pgp_mime_head(&boundary);
+    let mut out = Vec::with_capacity(head.len() + armored.len() + 64);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&armored);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(pgp_mime_end(&boundary).as_bytes());
+    Ok(out)
+}
+
+/// A message encrypted whole, as [`encrypt_whole_message_keyed`] makes it,
+/// in three parts: the PGP/MIME text before the armoured OpenPGP block, the
+/// OpenPGP message in binary, and the text after the block's END marker.
+/// `binary` armoured as sequoia armours (64-column lines, the CRC-24 line,
+/// CRLF line ends), between `head` and `tail`, is the message.
+pub struct WholeMessageParts {
+    pub head: Vec<u8>,
+    pub binary: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+/// Like [`encrypt_whole_message_keyed`], in parts: for a store that keeps the
+/// OpenPGP message in binary, it saves armouring the message only to take the
+/// armour off again.
+pub fn encrypt_whole_message_parts(
+    cert: &Cert,
+    message: &[u8],
+) -> Result<(WholeMessageParts, MessageKey), PgpError> {
+    let algo = SymmetricAlgorithm::AES256;
+    let key = MessageKey {
+        algo: Some(algo),
+        key: SessionKey::new(algo.key_size()?)?,
+    };
+    let binary = encrypt_with(cert, message, Some(&key), false)?;
+    let boundary = new_boundary();
+    let parts = WholeMessageParts {
+        head: pgp_mime_head(&boundary),
+        binary,
+        // The armour's own last line end, then the closing boundary.
+        tail: format!("\r\n{}", pgp_mime_end(&boundary)).into_bytes(),
+    };
+    Ok((parts, key))
+}
+
+fn new_boundary() -> String {
+    format!(
         "omb-{:016x}{:016x}",
         rand::random::<u64>(),
         rand::random::<u64>()
-    );
-    let mut out = Vec::with_capacity(armored.len() + 512);
-    write!(
-        out,
+    )
+}
+
+/// The PGP/MIME (RFC 3156) text before the armoured block.
+fn pgp_mime_head(boundary: &str) -> Vec<u8> {
+    format!(
         "MIME-Version: 1.0\r\n\
          Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n\
          \tboundary=\"{boundary}\"\r\n\
@@ -198,13 +260,13 @@ fn encrypt_whole_message_with(
          Content-Description: OpenPGP encrypted message\r\n\
          Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\
          \r\n"
-    )?;
-    out.extend_from_slice(&armored);
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    write!(out, "\r\n--{boundary}--\r\n")?;
-    Ok(out)
+    )
+    .into_bytes()
+}
+
+/// The PGP/MIME text after the armoured block's last line.
+fn pgp_mime_end(boundary: &str) -> String {
+    format!("\r\n--{boundary}--\r\n")
 }
 
 /// Finds the first armoured OpenPGP message in `message` and decrypts it with the
