@@ -110,9 +110,12 @@ where
     Some(())
 }
 
-/// One packet (RFC 4880 §4.2): its tag, its body (the chunks of partial body
-/// lengths joined) and what follows it.
-fn packet(bytes: &[u8]) -> Option<(u8, Cow<'_, [u8]>, &[u8])> {
+/// One packet's tag, its body (the chunks of partial body lengths joined) and
+/// the bytes after it.
+type Packet<'a> = (u8, Cow<'a, [u8]>, &'a [u8]);
+
+/// The first packet of `bytes` (RFC 4880 §4.2).
+fn packet(bytes: &[u8]) -> Option<Packet<'_>> {
     let (&first, mut rest) = bytes.split_first()?;
     if first & 0x80 == 0 {
         return None;
