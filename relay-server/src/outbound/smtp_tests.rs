@@ -38,24 +38,6 @@ fn dot_stuffing() {
     assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
 }
 
-/// A certificate for `name` issued by a CA of its own: the chain
-/// (end entity first) and the end entity's key.
-fn issued(name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let ee = CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    (vec![ee.der().clone(), ca.der().clone()], key)
-}
-
 /// A server that offers STARTTLS with `chain` and returns the name the
 /// client sent in SNI, once the handshake is done.
 async fn starttls_server(
@@ -103,7 +85,7 @@ async fn dane_sends_the_tlsa_base_domain_and_checks_the_reference_names() {
     use super::super::dane::tlsa::{Tlsa, CERT, DANE_TA, SHA2_256};
     use sha2::{Digest, Sha256};
     let trust = Trust::new(None).unwrap();
-    let (chain, key) = issued("mx-final.example");
+    let (chain, key) = crate::outbound::dane::tlsa::tests::issued_with_key("mx-final.example");
     let anchor = Tlsa {
         usage: DANE_TA,
         selector: CERT,

@@ -136,7 +136,7 @@ pub fn verify(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PublicKeyData};
 
@@ -160,6 +160,17 @@ mod tests {
 
     /// A CA and an end-entity certificate it issued for `host`.
     fn issued(host: &str) -> Vec<CertificateDer<'static>> {
+        issued_with_key(host).0
+    }
+
+    /// A certificate for `host` issued by a CA of its own: the chain (end
+    /// entity first) and the end entity's key.
+    pub(crate) fn issued_with_key(
+        host: &str,
+    ) -> (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -170,7 +181,8 @@ mod tests {
             .unwrap()
             .signed_by(&key, &issuer)
             .unwrap();
-        vec![ee.der().clone(), ca.der().clone()]
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        (vec![ee.der().clone(), ca.der().clone()], key)
     }
 
     fn record(usage: u8, selector: u8, matching: u8, selected: &[u8]) -> Tlsa {
