@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn cut_or_random_input_is_refused_without_panicking() {
+        let cert = generate_cert(&["<a@example.org>".into()]).unwrap();
+        let k = key(SymmetricAlgorithm::AES256);
+        let sealed = encrypt(&cert, &k, &bytes(700), false);
+        for end in 0..sealed.len() {
+            assert!(open(&sealed[..end], SymmetricAlgorithm::AES256, &k.key).is_none());
+        }
+        // Random bytes after every packet header octet there is, and after
+        // the real message's first bytes (its PKESK, then garbage).
+        for i in 0..20_000u32 {
+            let noise: Vec<u8> = (0..(i % 300)).map(|_| rand::random()).collect();
+            let head = [(i % 256) as u8];
+            let mut input = if i % 2 == 0 {
+                head.to_vec()
+            } else {
+                sealed[..(i as usize % sealed.len())].to_vec()
+            };
+            input.extend_from_slice(&noise);
+            assert!(open(&input, SymmetricAlgorithm::AES256, &k.key).is_none());
+        }
+    }
+
+    #[test]
     fn a_changed_byte_is_never_given_out() {
         let cert = generate_cert(&["<a@example.org>".into()]).unwrap();
         let k = key(SymmetricAlgorithm::AES256);
