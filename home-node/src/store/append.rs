@@ -144,9 +144,7 @@ mod tests {
     /// data and flags, and metadata exactly where it was given.
     #[tokio::test]
     async fn a_batch_lands_in_order_with_its_metadata() {
-        let dir = std::env::temp_dir().join(format!("omb-append-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("append").await;
         let sent = store.mailbox("Sent").await.unwrap().unwrap();
         store
             .append(sent.id, 1, 4, b"zero", "", None)

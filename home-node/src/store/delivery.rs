@@ -247,9 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_keeps_its_order_and_drops_every_duplicate() {
-        let dir = std::env::temp_dir().join(format!("omb-delivery-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("delivery").await;
         assert_eq!(
             store.deliver("q1", 1, 1, b"a").await.unwrap(),
             Stored::New { uid: 1 }

@@ -176,9 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn listing_follows_every_change() {
-        let dir = std::env::temp_dir().join(format!("omb-listing-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("listing").await;
         let inbox = || async { store.mailbox("INBOX").await.unwrap().unwrap() };
         for i in 0..5 {
             store

@@ -512,9 +512,7 @@ mod tests {
     /// instead of failing with SQLITE_BUSY.
     #[tokio::test]
     async fn concurrent_flag_changes_all_succeed() {
-        let dir = std::env::temp_dir().join(format!("omb-msgs-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("msgs").await;
         let inbox = store.mailbox("INBOX").await.unwrap().unwrap();
         let mut uids = Vec::new();
         for i in 0..40 {
@@ -545,9 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn append_flags_copy_move_expunge() {
-        let dir = std::env::temp_dir().join(format!("omb-msgs-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("msgs").await;
         let inbox = store.mailbox("inbox").await.unwrap().unwrap();
         let trash = store.mailbox("Trash").await.unwrap().unwrap();
         let (u1, v) = store
@@ -615,9 +611,7 @@ mod tests {
 
     #[tokio::test]
     async fn folders_create_rename_delete() {
-        let dir = std::env::temp_dir().join(format!("omb-mbox-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("mbox").await;
         store.create_mailbox("a/b/c").await.unwrap();
         assert!(store.mailbox("a/b").await.unwrap().is_some());
         assert!(matches!(

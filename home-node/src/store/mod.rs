@@ -334,15 +334,21 @@ pub(crate) async fn durable_again(relaxed: Relaxed) {
     }
 }
 
+/// A store in a new temporary folder, for tests: the store and its folder.
+#[cfg(test)]
+pub(crate) async fn temp_store(tag: &str) -> (MailStore, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("omb-{tag}-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (MailStore::open(&dir).await.unwrap(), dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn deliveries_get_uids_and_duplicates_are_dropped() {
-        let dir = std::env::temp_dir().join(format!("omb-store-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("store").await;
         assert_eq!(
             store.mailboxes().await.unwrap().len(),
             DEFAULT_MAILBOXES.len()

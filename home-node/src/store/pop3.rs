@@ -144,13 +144,9 @@ impl MailStore {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[tokio::test]
     async fn list_cache_sizes_and_delete_atomically_with_a_modseq_bump() {
-        let dir = std::env::temp_dir().join(format!("omb-store-pop3-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = MailStore::open(&dir).await.unwrap();
+        let (store, dir) = crate::store::temp_store("store-pop3").await;
         for (id, data) in [("aa01", b"one"), ("aa02", b"two"), ("aa03", b"six")] {
             store.deliver(id, 1, 3, data).await.unwrap();
         }
